@@ -1,0 +1,49 @@
+"""The ``refseg`` command. Thin: each module here adds its commands and calls the library.
+
+Nothing in the library imports this package. User errors (:class:`refseg.errors.RefsegError`)
+are printed as one line on stderr with exit code 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from refseg.errors import RefsegError
+
+app = typer.Typer(
+    name="refseg",
+    help="Referring image segmentation: type a phrase, get the mask.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    from refseg.cli import data, eval, export, segment, serve, train
+
+    for module in (data, train, eval, segment, serve, export):
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``refseg`` script and ``python -m refseg``."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except RefsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

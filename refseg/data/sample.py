@@ -1,0 +1,63 @@
+"""The one sample type every reader yields and every consumer takes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+# A target mask as stored: a decoded boolean array, a PNG path (non-zero = target),
+# or a COCO RLE dict ({"size": [h, w], "counts": ...}). ``None`` means "no target".
+MaskSource = Union[np.ndarray, Path, dict, None]
+
+
+@dataclass
+class Region:
+    """One segment of an image (a COCO instance, a panoptic thing or stuff segment)."""
+
+    id: int
+    category: str
+    category_id: int
+    mask: np.ndarray  # bool [H, W]
+    bbox: tuple[float, float, float, float]  # x, y, w, h (COCO convention)
+    area: int
+    isthing: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RefSample:
+    """An image, an expression and the mask it refers to (or no target).
+
+    ``image`` is a path (decoded lazily) or an RGB uint8 array; ``mask`` is a
+    :data:`MaskSource`. Use :meth:`load_image` / :meth:`load_mask` to get arrays.
+    """
+
+    id: str
+    image: Path | np.ndarray
+    sentence: str
+    mask: MaskSource
+    split: str | None = None
+    source: str = ""
+    image_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_target(self) -> bool:
+        return self.mask is not None
+
+    def load_image(self) -> np.ndarray:
+        """RGB uint8 [H, W, 3], EXIF orientation applied."""
+        from refseg.data.images import load_image
+
+        return self.image if isinstance(self.image, np.ndarray) else load_image(self.image)
+
+    def load_mask(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Boolean [H, W] target; all False when there is no target.
+
+        ``size`` (H, W) is needed only for no-target samples (to build the empty mask).
+        """
+        from refseg.data.masks import decode_mask
+
+        return decode_mask(self.mask, size if size is not None else self.load_image().shape[:2])

@@ -1,0 +1,89 @@
+"""Letterbox (resize keeping aspect ratio, pad to S x S; paper 1 §4.2) and its exact inverse.
+
+The image is placed at the top-left corner of the S x S canvas; the rest is padding.
+:class:`Letterbox` remembers the geometry so that any map predicted on the canvas
+(probabilities, logits, masks) can be mapped back to the original H x W.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+#: ImageNet statistics used by the EfficientNet-Lite weights.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Geometry of one letterboxed image."""
+
+    orig_h: int
+    orig_w: int
+    size: int  # side S of the square canvas
+
+    @property
+    def scale(self) -> float:
+        return self.size / max(self.orig_h, self.orig_w)
+
+    @property
+    def inner_h(self) -> int:
+        return max(1, min(self.size, round(self.orig_h * self.scale)))
+
+    @property
+    def inner_w(self) -> int:
+        return max(1, min(self.size, round(self.orig_w * self.scale)))
+
+    def image(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 [H, W, 3] → letterboxed uint8 [S, S, 3] (zero padding)."""
+        canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
+        resized = Image.fromarray(rgb).resize((self.inner_w, self.inner_h), Image.BILINEAR)
+        canvas[: self.inner_h, : self.inner_w] = np.asarray(resized)
+        return canvas
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """Boolean [H, W] → boolean [S, S] (nearest neighbour; padding is False)."""
+        canvas = np.zeros((self.size, self.size), dtype=bool)
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+            (self.inner_w, self.inner_h), Image.NEAREST
+        )
+        canvas[: self.inner_h, : self.inner_w] = np.asarray(resized) > 127
+        return canvas
+
+    def valid(self) -> np.ndarray:
+        """Boolean [S, S]: True inside the image, False on the padding."""
+        canvas = np.zeros((self.size, self.size), dtype=bool)
+        canvas[: self.inner_h, : self.inner_w] = True
+        return canvas
+
+    def invert(self, maps: torch.Tensor) -> torch.Tensor:
+        """Maps [..., h, w] predicted on the canvas (any h = w resolution) → [..., H, W].
+
+        The canvas map is resized to S x S (bilinear), the padding cropped, and the
+        image part resized to the original size (bilinear). Works on logits or probabilities.
+        """
+        lead = maps.shape[:-2]
+        x = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        x = x[..., : self.inner_h, : self.inner_w]
+        x = F.interpolate(x, size=(self.orig_h, self.orig_w), mode="bilinear", align_corners=False)
+        return x.reshape(*lead, self.orig_h, self.orig_w)
+
+
+def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Convenience: letterbox an RGB image; returns (canvas, geometry)."""
+    box = Letterbox(rgb.shape[0], rgb.shape[1], size)
+    return box.image(rgb), box
+
+
+def to_tensor(canvas: np.ndarray) -> torch.Tensor:
+    """Letterboxed uint8 [S, S, 3] → ImageNet-normalised float [3, S, S]."""
+    x = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std

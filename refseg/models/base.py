@@ -1,0 +1,125 @@
+"""The one interface every model implements, and the registry that names them.
+
+A model takes a :class:`Batch` (letterboxed images or cached backbone features, token
+ids) and returns a :class:`ModelOutput` (logits on the canvas grid at the model's own
+resolution, plus optional extras such as per-word maps). It never reads files, never
+knows the original image size and never thresholds: :mod:`refseg.postprocess` does that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Batch:
+    """Model input. Images are ImageNet-normalised letterboxed canvases [B, 3, S, S]."""
+
+    images: Tensor | None
+    tokens: Tensor  # [B, T] long, 0 = padding
+    lengths: Tensor  # [B] long, number of real tokens (>= 1)
+    texts: list[str] = field(default_factory=list)  # raw expressions (for sentence encoders)
+    masks: Tensor | None = None  # [B, 1, S, S] float {0, 1} letterboxed targets
+    valid: Tensor | None = None  # [B, 1, S, S] float, 1 inside the image, 0 on padding
+    features: list[Tensor] | None = None  # cached backbone taps (frozen backbone fast path)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(x):
+            if isinstance(x, Tensor):
+                return x.to(device, non_blocking=True)
+            if isinstance(x, list) and x and isinstance(x[0], Tensor):
+                return [t.to(device, non_blocking=True) for t in x]
+            return x
+
+        return replace(self, **{k: move(v) for k, v in self.__dict__.items()})
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class ModelOutput:
+    """Logits [B, 1, h, w] on the canvas grid (any resolution) and named extras.
+
+    Conventional extras: ``word_maps`` [B, T, h, w] (RMI per-word logits),
+    ``word_attention`` [B, steps, T] (STEP), ``low_res_logits`` (LSTM-CNN stage 1).
+    """
+
+    logits: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class RefSegModel(nn.Module):
+    """Base class: subclasses implement ``tokenize``, ``forward`` and (optionally) ``loss``.
+
+    ``self.config`` holds the constructor keyword arguments so that a checkpoint can
+    rebuild the model with :func:`create_model` (``name`` + ``config``).
+    """
+
+    name: str = ""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = dict(config)
+
+    def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Expressions → (token ids [B, T] long, lengths [B] long)."""
+        raise NotImplementedError
+
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        """Backbone taps for ``images``; cacheable when the backbone is frozen."""
+        raise NotImplementedError
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when ``encode_image`` has no trainable parameters (features may be cached)."""
+        return False
+
+    def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """Default: class-weighted logistic loss at the output resolution (see losses)."""
+        from refseg.models.losses import weighted_bce
+
+        return weighted_bce(out.logits, batch.masks, batch.valid)
+
+
+M = TypeVar("M", bound=type[RefSegModel])
+_REGISTRY: dict[str, type[RefSegModel]] = {}
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator: make a model constructible by ``create_model(name, ...)``."""
+
+    def wrap(cls: M) -> M:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _import_models() -> None:
+    import refseg.models  # noqa: F401  (registers every model file)
+
+
+def list_models() -> list[str]:
+    _import_models()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **config: Any) -> RefSegModel:
+    """Build a registered model by name; ``config`` goes to its constructor."""
+    _import_models()
+    if name not in _REGISTRY:
+        from refseg.errors import ConfigError
+
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**config)
