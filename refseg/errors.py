@@ -9,6 +9,10 @@ class ImageError(RefsegError):
     """The image cannot be read, is too large, or is not an image."""
 
 
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than allowed (refused before decoding)."""
+
+
 class TextError(RefsegError):
     """The expression is empty or unusable."""
 

@@ -1,6 +1,44 @@
-"""`refseg export` commands (placeholder until its issue lands)."""
+"""`refseg export onnx`: write a model as an ONNX graph for onnxruntime (extra ``onnx``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+export_app = typer.Typer(help="Export a model to another runtime.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `refseg` app."""
+    """Add the ``export`` command group to the `refseg` app."""
+    app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def onnx(
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o",
+        help="ONNX file to write. Default: next to the checkpoint (<stem>.onnx), where runtime 'onnx' looks first.",
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Checkpoint file, run folder or shipped model name (default: the bundled model)."
+    ),
+    opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset version."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
+) -> None:
+    """Export image tensor + token ids + lengths -> logits, verified against PyTorch."""
+    from refseg.api import Segmenter
+    from refseg.engine.checkpoint import resolve_model_path
+    from refseg.export.onnx import default_onnx_path, export_checkpoint
+
+    checkpoint = resolve_model_path(model)
+    segmenter = Segmenter.from_pretrained(checkpoint, image_size=image_size)
+    target = output if output is not None else default_onnx_path(checkpoint)
+    result = export_checkpoint(segmenter.model, checkpoint, target, segmenter.image_size, opset=opset)
+    texts = "any number of texts" if result.layout.dynamic_batch else "one text per call"
+    words = "any length" if result.layout.dynamic_words else f"padded to {result.max_tokens} tokens"
+    size_mb = result.path.stat().st_size / 2**20
+    typer.echo(
+        f"{result.path}: {segmenter.model.name}, {segmenter.image_size}px, {texts}, words {words}, "
+        f"outputs {', '.join(result.outputs)}, max |logit - torch| {result.max_abs_diff:.1e}, {size_mb:.1f} MB"
+    )

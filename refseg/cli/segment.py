@@ -1,6 +1,69 @@
-"""`refseg segment` commands (placeholder until its issue lands)."""
+"""`refseg segment` (one photo, one phrase → mask PNG) and `refseg demo` (sample gallery)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+_MODEL_HELP = "Checkpoint file, run folder or shipped model name (default: the bundled model)."
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `refseg` app."""
+    """Add ``segment`` and ``demo`` to the `refseg` app."""
+    app.command("segment")(segment)
+    app.command("demo")(demo)
+
+
+def segment(
+    image: Path = typer.Argument(..., help="Photo to segment (JPEG, PNG, ...)."),
+    text: str = typer.Argument(..., help='Referring expression, e.g. "the dog on the left".'),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Mask PNG (0/255, photo size). Default: <image-stem>.mask.png in the current folder."
+    ),
+    overlay: Optional[Path] = typer.Option(None, "--overlay", help="Also write the mask tinted on the photo (PNG)."),
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Also write the probability heat map (PNG)."),
+    crf: bool = typer.Option(False, "--crf", help="Refine the mask with DenseCRF (extra 'crf')."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Probability threshold."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
+) -> None:
+    """Segment the object TEXT refers to in IMAGE and write its mask as a PNG."""
+    from refseg import viz
+    from refseg.api import Segmenter
+    from refseg.data.images import load_image
+    from refseg.errors import OutputError
+    from refseg.io import save_mask_png, save_png
+
+    output = output if output is not None else Path(f"{image.stem}.mask.png")
+    targets = [p for p in (output, overlay, heatmap) if p is not None]
+    for path in targets:  # fail before the (slow) model load, not after it
+        if path.is_dir():
+            raise OutputError(f"output path is a directory: {path}")
+        if not path.parent.is_dir():
+            raise OutputError(f"output folder does not exist: {path.parent}")
+    rgb = load_image(image)
+    segmenter = Segmenter.from_pretrained(model, runtime=runtime, image_size=image_size)
+    pred = segmenter.predict(rgb, text, threshold=threshold, crf=crf)
+    save_mask_png(output, pred.mask)
+    if overlay is not None:
+        save_png(overlay, viz.overlay(rgb, pred.mask, labels=[text]))
+    if heatmap is not None:
+        save_png(heatmap, viz.heatmap(rgb, pred.prob))
+    h, w = pred.mask.shape
+    typer.echo(f"{output}: {w}x{h} mask, area {100 * pred.area:.1f}%, score {pred.score:.3f}")
+
+
+def demo(
+    out: Path = typer.Option(Path("refseg-demo"), "--out", "-o", help="Folder for the overlays and index.html."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    crf: bool = typer.Option(False, "--crf", help="Refine the masks with DenseCRF (extra 'crf')."),
+) -> None:
+    """Run the model on the bundled sample photos and write an HTML gallery."""
+    from refseg.api import Segmenter
+    from refseg.samples import write_gallery
+
+    segmenter = Segmenter.from_pretrained(model)
+    index = write_gallery(segmenter, out, crf=crf)
+    typer.echo(str(index))

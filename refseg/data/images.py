@@ -8,7 +8,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from refseg.errors import ImageError
+from refseg.errors import ImageError, ImageTooLargeError
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
 
@@ -45,7 +45,7 @@ def _open(fp, name: str, max_pixels: int) -> np.ndarray:
     try:
         with Image.open(fp) as im:
             if im.width * im.height > max_pixels:
-                raise ImageError(
+                raise ImageTooLargeError(
                     f"{name} is {im.width}x{im.height} pixels, over the limit of {max_pixels:,}"
                 )
             im.load()
@@ -58,7 +58,7 @@ def _open(fp, name: str, max_pixels: int) -> np.ndarray:
 
 def _pil_to_rgb(im: Image.Image, max_pixels: int) -> np.ndarray:
     if im.width * im.height > max_pixels:
-        raise ImageError(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels:,}")
+        raise ImageTooLargeError(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels:,}")
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)

@@ -8,9 +8,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 
-def decode_mask(source, size: tuple[int, int]) -> np.ndarray:
-    """Turn a :data:`~refseg.data.sample.MaskSource` into a boolean [H, W] array."""
+def decode_mask(source, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Turn a :data:`~refseg.data.sample.MaskSource` into a boolean [H, W] array.
+
+    ``size`` (H, W) is used only for ``None`` (no target → all False).
+    """
     if source is None:
+        if size is None:
+            raise ValueError("size is needed to build the empty mask of a no-target sample")
         return np.zeros(size, dtype=bool)
     if isinstance(source, np.ndarray):
         return source.astype(bool, copy=False)

@@ -60,4 +60,6 @@ class RefSample:
         """
         from refseg.data.masks import decode_mask
 
-        return decode_mask(self.mask, size if size is not None else self.load_image().shape[:2])
+        if self.mask is None and size is None:
+            size = self.load_image().shape[:2]
+        return decode_mask(self.mask, size)

@@ -1,4 +1,7 @@
 """Models. Importing this package registers every model file with :mod:`refseg.models.base`."""
 from refseg.models.base import Batch, ModelOutput, RefSegModel, create_model, list_models, register
+from refseg.models import baselines  # noqa: F401  (each import registers models)
+from refseg.models import lstm_cnn  # noqa: F401
+from refseg.models import lstm_cnn_plus  # noqa: F401
 
 __all__ = ["Batch", "ModelOutput", "RefSegModel", "create_model", "list_models", "register"]

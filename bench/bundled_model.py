@@ -1,0 +1,137 @@
+"""Choosing and shipping the bundled default model: training runs compared on the held-out
+synthesized val split AND on the human-written dev set (bench/human_dev), then one run shipped
+as ``refseg/weights/default.safetensors``.
+
+Run from the repository root::
+
+    refseg train configs/bundled.yaml                              # the one documented training
+    python -m bench.bundled_model references                       # whole image, category oracle
+    python -m bench.bundled_model compare runs/bundled runs/bundled_lstm_cnn ...
+    python -m bench.bundled_model ship runs/bundled                # → refseg/weights/default.safetensors
+
+``compare`` prints a markdown table (one row per run): the best synthesized-val mean / overall
+IoU recorded by the trainer, and the human-dev scores of that best checkpoint, overall and per
+expression kind (unique / disambiguate / stuff / set). ``--crf`` adds DenseCRF-refined rows.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.human_dev.build import DEFAULT_DATA_ROOT, KINDS, HumanDevItem, by_kind, load_human_dev, reference_scores
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "refseg" / "weights" / "default.safetensors"
+MAX_SHIPPED_BYTES = 30 * 1024 * 1024
+TRAINING_COMMAND = "refseg train configs/bundled.yaml"
+
+
+def checkpoint_of(run: str | Path) -> Path:
+    """A run folder (its best checkpoint, else the last) or a checkpoint file."""
+    from refseg.engine.checkpoint import resolve_model_path
+
+    return resolve_model_path(Path(run))
+
+
+def human_dev_scores(checkpoint: str | Path, items: Sequence[HumanDevItem], crf: bool = False) -> dict:
+    """Human-dev summaries (overall and per kind) of one checkpoint, at its training image size."""
+    from refseg.engine.checkpoint import load_model
+    from refseg.engine.evaluator import evaluate
+
+    model, meta = load_model(checkpoint)
+    image_size = int(meta.get("image_size") or model.config.get("image_size", 320))
+    accumulator = evaluate(model, [item.sample for item in items], image_size, crf=crf)
+    return by_kind(items, accumulator)
+
+
+def synthesized_val(checkpoint: str | Path) -> dict:
+    """The synthesized-val metrics the trainer stored with the checkpoint (empty if none)."""
+    from refseg.engine.checkpoint import read_header
+
+    return read_header(checkpoint)["meta"].get("metrics") or {}
+
+
+def compare(runs: Sequence[str | Path], items: Sequence[HumanDevItem], crf: bool = False) -> str:
+    """Markdown table: synthesized val and human dev for each run (plus DenseCRF rows with ``crf``)."""
+    header = ["run", "val mIoU", "val oIoU", "human mIoU", "human oIoU", "human prec@0.5",
+              *[f"human {k}" for k in KINDS]]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        checkpoint = checkpoint_of(run)
+        val = synthesized_val(checkpoint)
+        for refine in (False, True) if crf else (False,):
+            human = human_dev_scores(checkpoint, items, crf=refine)
+            name = f"{Path(run).name}{' + CRF' if refine else ''}"
+            rows.append("| " + " | ".join(_row(name, val, human)) + " |")
+    return "\n".join(rows)
+
+
+def _row(name: str, val: dict, human: dict) -> list[str]:
+    overall = human["all"]
+    return [
+        name, _pct(val.get("mean_iou")), _pct(val.get("overall_iou")),
+        _pct(overall["mean_iou"]), _pct(overall["overall_iou"]), _pct(overall["prec@0.5"]),
+        *[_pct(human[k]["mean_iou"]) if k in human else "–" for k in KINDS],
+    ]
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def ship(run: str | Path, items: Sequence[HumanDevItem] | None, out: Path = SHIPPED) -> Path:
+    """Write the run's best checkpoint as the bundled model (float16, frozen pretrained parts left
+    out), with its synthesized-val and human-dev numbers and the training command in ``meta``."""
+    from refseg.engine.checkpoint import load_model, save_model
+
+    checkpoint = checkpoint_of(run)
+    model, meta = load_model(checkpoint)
+    shipped_meta = {
+        "image_size": meta.get("image_size"),
+        "training_command": TRAINING_COMMAND,
+        "synthesized_val": synthesized_val(checkpoint),
+        "train_config": meta.get("train_config"),
+    }
+    if items is not None:
+        human = human_dev_scores(checkpoint, items)
+        shipped_meta["human_dev"] = {k: v for k, v in human["all"].items() if k != "by_length"}
+    path = save_model(out, model, shipped_meta, half=True)
+    size = path.stat().st_size
+    if size > MAX_SHIPPED_BYTES:
+        path.unlink()
+        raise SystemExit(f"{path} would be {size / 2**20:.1f} MiB, over the {MAX_SHIPPED_BYTES / 2**20:.0f} MiB cap")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compare training runs and ship the bundled model.")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="the shared data folder")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("references", help="whole-image and category-oracle scores on the human dev set")
+    compare_parser = commands.add_parser("compare", help="synthesized val + human dev table of runs")
+    compare_parser.add_argument("runs", nargs="+", type=Path)
+    compare_parser.add_argument("--crf", action="store_true", help="also score with DenseCRF refinement")
+    ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
+    ship_parser.add_argument("run", type=Path)
+    ship_parser.add_argument("--out", type=Path, default=SHIPPED)
+    args = parser.parse_args(argv)
+
+    items = load_human_dev(args.data) if args.data.is_dir() else None
+    if items is None and args.command != "ship":
+        print(f"skipped: shared data folder not found at {args.data}")
+        return 0
+    if args.command == "references":
+        from bench.human_dev.build import format_scores
+
+        print(format_scores(reference_scores(items)))
+    elif args.command == "compare":
+        print(compare(args.runs, items, crf=args.crf))
+    else:
+        print(ship(args.run, items, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Torch dataset: :class:`RefSample` → letterboxed tensors (+ text-consistent augmentation) → :class:`Batch`.
+
+* :func:`load_samples` reads the dataset specs of a config (JSONL manifest, refer format, COCO
+  instances / panoptic / CamVid with on-the-fly expression synthesis and caption grounding,
+  ShapeRef) and concatenates them.
+* :class:`RefDataset` letterboxes each sample (paper 1 §4.2) and, for training, applies
+  augmentation whose randomness depends only on ``(seed, epoch, index)``, so a resumed run sees
+  exactly the samples an uninterrupted run would: horizontal flip that swaps left/right words,
+  a scale/crop jitter that keeps the target inside, and copy-paste of another sample's instance
+  (the pasted instance becomes the target, named by its category).
+* :class:`Collator` stacks items and tokenises with the model's tokenizer.
+* :class:`FeatureCache` holds backbone taps per distinct image view when the backbone is frozen.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from refseg.data.sample import RefSample
+from refseg.data.transforms import Letterbox, to_tensor
+from refseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from refseg.config import AugmentConfig, Config, DatasetSpec
+    from refseg.models.base import Batch, RefSegModel
+
+Tokenize = Callable[[list[str]], "tuple[torch.Tensor, torch.Tensor]"]
+
+# --------------------------------------------------------------------------- reading specs
+
+
+def load_samples(config: "Config", group: str) -> list[RefSample]:
+    """All samples of ``config.data.<group>`` ("train" or "val"), specs concatenated in order."""
+    from refseg.config import check_data_paths, resolve_path
+
+    check_data_paths(config)
+    samples: list[RefSample] = []
+    for i, spec in enumerate(getattr(config.data, group)):
+        path = resolve_path(config, spec.path) if spec.path else None
+        part = read_spec(spec, path)
+        if spec.limit > 0:
+            part = part[: spec.limit]
+        if not part:
+            raise ConfigError(f"data.{group}.{i} ({spec.kind} {spec.path or ''} {spec.split}) has no samples")
+        samples.extend(part)
+    return samples
+
+
+def read_spec(spec: "DatasetSpec", path: Path | None) -> list[RefSample]:
+    """The samples of one dataset spec (``path`` already resolved)."""
+    if spec.kind == "shaperef":
+        from refseg.data.shapes import generate_samples
+
+        samples = generate_samples(spec.n, spec.seed, **spec.options)
+        return [s for s in samples if not spec.split or s.split in (None, spec.split)]
+    if spec.kind == "manifest":
+        from refseg.data.manifest import read_manifest
+
+        return read_manifest(path, split=spec.split or None)
+    if spec.kind == "refer":
+        from refseg.data.refer import load_refer
+
+        return load_refer(path, spec.dataset, spec.split_by, spec.split, images=spec.images or None)
+    return _synthesized_samples(spec, path)
+
+
+def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
+    """COCO instances / panoptic / CamVid regions → synthesized expressions (paper 2 §2.2) — or,
+    with ``synthesize: 0``, one category-name expression per category — plus caption-grounded
+    expressions when ``captions`` is set."""
+    from refseg.data.coco import region_samples
+
+    rng = np.random.default_rng(spec.seed)
+    samples: list[RefSample] = []
+    for item in _region_images(spec, root):
+        samples.extend(region_samples(item, spec.synthesize, rng))
+        if spec.captions and item.captions:
+            from refseg.data.captions import caption_samples
+
+            samples.extend(caption_samples(item))
+    return samples
+
+
+def _region_images(spec: "DatasetSpec", root: Path):
+    if spec.kind == "coco-instances":
+        from refseg.data.coco import iter_instances
+
+        return iter_instances(root, spec.split, **spec.options)
+    if spec.kind == "coco-panoptic":
+        from refseg.data.coco import iter_panoptic
+
+        return iter_panoptic(root, spec.split, **spec.options)
+    from refseg.data.camvid import iter_camvid
+
+    return iter_camvid(root, spec.split, **spec.options)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+_MIRROR = {"left": "right", "leftmost": "rightmost", "lefthand": "righthand", "west": "east"}
+_MIRROR.update({v: k for k, v in list(_MIRROR.items())})
+_MIRROR_RE = re.compile(r"\b(" + "|".join(sorted(_MIRROR, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+
+
+def mirror_text(text: str) -> str:
+    """The expression for the horizontally flipped image: left ↔ right, leftmost ↔ rightmost, …"""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        new = _MIRROR[word.lower()]
+        if word.isupper():
+            return new.upper()
+        return new.capitalize() if word[0].isupper() else new
+
+    return _MIRROR_RE.sub(swap, text)
+
+
+def _crop_keeping_target(
+    rgb: np.ndarray, mask: np.ndarray, scale: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop with the image's aspect ratio, side fraction in ``scale``, containing the whole target."""
+    h, w = mask.shape
+    s = rng.uniform(*scale)
+    ch, cw = max(1, round(h * s)), max(1, round(w * s))
+    ys, xs = np.nonzero(mask)
+    if ys.size:
+        y_lo, y_hi = max(0, ys.max() + 1 - ch), min(ys.min(), h - ch)
+        x_lo, x_hi = max(0, xs.max() + 1 - cw), min(xs.min(), w - cw)
+        if y_lo > y_hi or x_lo > x_hi:  # the target does not fit in this crop
+            return rgb, mask
+    else:
+        y_lo, y_hi, x_lo, x_hi = 0, h - ch, 0, w - cw
+    y0 = int(rng.integers(y_lo, y_hi + 1))
+    x0 = int(rng.integers(x_lo, x_hi + 1))
+    return rgb[y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def _paste_instance(
+    rgb: np.ndarray, donor_rgb: np.ndarray, donor_mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Paste the masked donor instance at a random place and scale; returns (image, new target)."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(donor_mask)
+    if not ys.size:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    patch, patch_mask = donor_rgb[y0:y1, x0:x1], donor_mask[y0:y1, x0:x1]
+    h, w = rgb.shape[:2]
+    side = rng.uniform(0.25, 0.6) * min(h, w)  # longer side of the pasted instance
+    factor = side / max(patch.shape[:2])
+    ph, pw = max(2, round(patch.shape[0] * factor)), max(2, round(patch.shape[1] * factor))
+    if ph > h or pw > w:
+        return None
+    patch = np.asarray(Image.fromarray(patch).resize((pw, ph), Image.BILINEAR))
+    patch_mask = np.asarray(Image.fromarray(patch_mask.astype(np.uint8) * 255).resize((pw, ph), Image.NEAREST)) > 127
+    if not patch_mask.any():
+        return None
+    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    out = rgb.copy()
+    region = out[top : top + ph, left : left + pw]
+    region[patch_mask] = patch[patch_mask]
+    target = np.zeros((h, w), dtype=bool)
+    target[top : top + ph, left : left + pw] = patch_mask
+    return out, target
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def image_key(sample: RefSample) -> str:
+    """Identity of a sample's photo (expressions on the same photo share backbone features)."""
+    if sample.image_id is not None:
+        return f"{sample.source}:{sample.image_id}"
+    if isinstance(sample.image, (str, Path)):
+        return str(sample.image)
+    return f"sample:{sample.id}"
+
+
+class RefDataset(Dataset):
+    """Letterboxed samples; training augmentation is a pure function of ``(seed, epoch, index)``.
+
+    With ``cached=True`` (frozen backbone, cached features) only the horizontal flip is kept:
+    crop jitter and copy-paste would create a new image view for every epoch, so they are
+    disabled and each photo has at most two cached views (plain and flipped).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[RefSample],
+        image_size: int,
+        augment: "AugmentConfig | None" = None,
+        seed: int = 0,
+        cached: bool = False,
+        with_targets: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.image_size = image_size
+        if augment is not None and cached:
+            augment = replace(augment, crop=0.0, copy_paste=0.0)
+        self.augment = augment
+        self.seed = seed
+        self.cached = cached
+        self.with_targets = with_targets
+        self.epoch = 0
+        self._donors = [
+            i for i, s in enumerate(self.samples) if s.mask is not None and s.meta.get("category")
+        ]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rgb = sample.load_image()
+        mask = sample.load_mask(rgb.shape[:2])
+        text = sample.sentence
+        flip = False
+        pasted = False
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            draws = rng.random(3)
+            if self._donors and draws[0] < self.augment.copy_paste:
+                pasted_view = self._copy_paste(sample, rgb, rng)
+                if pasted_view is not None:
+                    rgb, mask, text = pasted_view
+                    pasted = True
+            if draws[1] < self.augment.crop:
+                rgb, mask = _crop_keeping_target(rgb, mask, self.augment.scale, rng)
+            if draws[2] < self.augment.hflip:
+                rgb, mask, text, flip = rgb[:, ::-1], mask[:, ::-1], mirror_text(text), True
+        box = Letterbox(rgb.shape[0], rgb.shape[1], self.image_size)
+        item: dict[str, Any] = {
+            "index": index,
+            "text": text,
+            "box": box,
+            "view": (image_key(sample), flip) if not pasted else None,
+            "mask": torch.from_numpy(box.mask(np.ascontiguousarray(mask))).float()[None],
+            "valid": torch.from_numpy(box.valid()).float()[None],
+            "image": None if self.cached else to_tensor(box.image(np.ascontiguousarray(rgb))),
+        }
+        if self.with_targets:
+            item["target"] = None if sample.mask is None else mask
+        return item
+
+    def view_image(self, index: int, flip: bool) -> torch.Tensor:
+        """The letterboxed image tensor of one cached view (sample ``index``, flipped or not)."""
+        rgb = self.samples[index].load_image()
+        if flip:
+            rgb = rgb[:, ::-1]
+        return to_tensor(Letterbox(rgb.shape[0], rgb.shape[1], self.image_size).image(np.ascontiguousarray(rgb)))
+
+    def views(self) -> list[tuple[tuple[str, bool], int]]:
+        """Distinct image views ``((image key, flipped), first sample index)`` this dataset can yield."""
+        flips = (False, True) if self.augment is not None and self.augment.hflip > 0 else (False,)
+        seen: dict[tuple[str, bool], int] = {}
+        for index, sample in enumerate(self.samples):
+            key = image_key(sample)
+            for flip in flips:
+                seen.setdefault((key, flip), index)
+        return list(seen.items())
+
+    def _copy_paste(
+        self, sample: RefSample, rgb: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, str] | None:
+        donor = self.samples[self._donors[int(rng.integers(len(self._donors)))]]
+        category = donor.meta["category"]
+        present = sample.meta.get("image_categories")
+        if present is None or category in present or image_key(donor) == image_key(sample):
+            return None  # the name would not single out the pasted instance
+        donor_rgb = donor.load_image()
+        pasted = _paste_instance(rgb, donor_rgb, donor.load_mask(donor_rgb.shape[:2]), rng)
+        if pasted is None:
+            return None
+        return pasted[0], pasted[1], f"the {category}"
+
+
+class Collator:
+    """Stacks dataset items into a :class:`Batch` (tokenised by ``tokenize``) plus their geometry."""
+
+    def __init__(self, tokenize: Tokenize) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, items: list[dict[str, Any]]) -> "Collated":
+        from refseg.models.base import Batch
+
+        texts = [it["text"] for it in items]
+        tokens, lengths = self.tokenize(texts)
+        images = None if items[0]["image"] is None else torch.stack([it["image"] for it in items])
+        batch = Batch(
+            images=images,
+            tokens=tokens,
+            lengths=lengths,
+            texts=texts,
+            masks=torch.stack([it["mask"] for it in items]),
+            valid=torch.stack([it["valid"] for it in items]),
+        )
+        return Collated(
+            batch=batch,
+            indices=[it["index"] for it in items],
+            boxes=[it["box"] for it in items],
+            views=[it["view"] for it in items],
+            targets=[it.get("target") for it in items],
+        )
+
+
+@dataclass
+class Collated:
+    """A model batch with the per-item facts the engine needs beside it."""
+
+    batch: "Batch"
+    indices: list[int]
+    boxes: list[Letterbox]
+    views: list[tuple[str, bool] | None]
+    targets: list[np.ndarray | None]
+
+
+# --------------------------------------------------------------------------- feature cache
+
+
+class FeatureCache:
+    """Backbone taps of every distinct image view, computed once (frozen backbone only).
+
+    Views are computed in a fixed order and fixed batch size, so the cached values (and hence
+    the training run) do not depend on when the cache was filled — a resumed run gets the
+    same features bit for bit.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self._store: dict[tuple[str, bool], list[torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, view: tuple[str, bool]) -> bool:
+        return view in self._store
+
+    @torch.no_grad()
+    def fill(
+        self,
+        model: "RefSegModel",
+        dataset: RefDataset,
+        device: torch.device,
+        batch_size: int = 16,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Compute the taps of every view of ``dataset`` not cached yet."""
+        todo = [(view, index) for view, index in dataset.views() if view not in self._store]
+        was_training = model.training
+        model.eval()
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            images = torch.stack([dataset.view_image(index, view[1]) for view, index in chunk]).to(device)
+            taps = model.encode_image(images)
+            for k, (view, _) in enumerate(chunk):
+                self._store[view] = [t[k].to("cpu", self.dtype).clone() for t in taps]
+            if on_progress is not None:
+                on_progress(min(start + batch_size, len(todo)), len(todo))
+        model.train(was_training)
+
+    def features(self, views: Sequence[tuple[str, bool]], device: torch.device) -> list[torch.Tensor]:
+        """Stacked taps ``[B, C, h, w]`` (one tensor per backbone level) for ``views``."""
+        per_item = [self._store[v] for v in views]
+        return [
+            torch.stack([item[level] for item in per_item]).to(device, torch.float32)
+            for level in range(len(per_item[0]))
+        ]

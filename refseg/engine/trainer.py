@@ -1,0 +1,565 @@
+"""The training loop: single process or DDP under ``torchrun``, AMP, exact resume, feature cache.
+
+``train(config)`` writes into the run folder (``train.out_dir``):
+
+* ``config.yaml`` — the resolved config;
+* ``train.csv`` (epoch, step, loss, lr, running IoU) and ``val.csv`` (validation metrics);
+* ``last.safetensors`` + ``last_state.pt`` (optimiser, scheduler, python/numpy/torch RNG states,
+  epoch, batches done, best metric) after every epoch, and ``best.safetensors`` when the
+  validation metric improves — all written atomically, by rank 0 only.
+
+Resume is exact: the data order of an epoch is a function of ``(seed, epoch)``
+(:class:`~torch.utils.data.DistributedSampler`), augmentation a function of ``(seed, epoch,
+index)`` and every RNG state is restored, so the losses after ``--resume`` equal those of an
+uninterrupted run. Under ``torchrun`` each process trains on its shard (gloo on CPU, NCCL on
+GPU) and validation metrics are gathered across processes.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import inspect
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from refseg.config import Config, save_config, to_dict
+from refseg.data.dataset import Collator, FeatureCache, RefDataset, load_samples
+from refseg.data.sample import RefSample
+from refseg.errors import CheckpointError, ConfigError
+from refseg.models.base import Batch, RefSegModel, create_model
+
+LAST_MODEL = "last.safetensors"
+LAST_STATE = "last_state.pt"
+BEST_MODEL = "best.safetensors"
+
+
+# --------------------------------------------------------------------------- process setup
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: rank, world size, device, mixed precision."""
+
+    rank: int
+    world: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def setup_runtime(config: Config) -> Runtime:
+    """Initialise torch.distributed when launched by torchrun; pick the device and AMP dtype."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wanted = config.train.device
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={config.train.device!r} but CUDA is not available")
+    device = torch.device(f"cuda:{local_rank}" if wanted == "cuda" else wanted)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world, device, _amp_dtype(config.train.amp, device))
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+# --------------------------------------------------------------------------- model, optimiser, schedule
+
+
+def import_plugins(config: Config) -> None:
+    """Import the modules listed in ``imports`` (they register custom models)."""
+    for module in config.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"imports: cannot import {module!r}: {exc}") from None
+
+
+def build_model(config: Config, train_texts: list[str]) -> RefSegModel:
+    """``create_model(config.model.name, **kwargs)`` after checking the kwargs against the
+    constructor chain. ``vocab: train`` is replaced by the vocabulary of ``train_texts``."""
+    import_plugins(config)
+    from refseg.models import base
+
+    base._import_models()
+    cls = base._REGISTRY.get(config.model.name)
+    if cls is None:
+        return create_model(config.model.name)  # raises the ConfigError listing the models
+    kwargs = dict(config.model.kwargs)
+    valid = constructor_keys(cls)
+    if valid is not None:
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            from refseg.config import suggest
+
+            raise ConfigError(
+                f"unknown model key 'model.{unknown[0]}' for {config.model.name}{suggest(unknown[0], sorted(valid))}"
+            )
+    if kwargs.get("vocab") == "train":
+        from refseg.models.text import Vocab
+
+        kwargs["vocab"] = Vocab.build(train_texts).to_list()
+    try:
+        return create_model(config.model.name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model {config.model.name}: {str(exc).splitlines()[0]}") from None
+
+
+def constructor_keys(cls: type[RefSegModel]) -> set[str] | None:
+    """Keyword arguments a model class accepts, following ``**kwargs`` up to :class:`RefSegModel`
+    (None when some constructor accepts anything)."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is RefSegModel:
+            return keys
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        keys |= {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return keys
+    return None
+
+
+def set_stage(model: RefSegModel, stage: str) -> None:
+    """Two-stage schedule (paper 1 §4.2): switch a model with a ``stage`` option to "low"/"high"."""
+    model.config["stage"] = stage
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.1) over trainable parameters."""
+    t = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)  # e.g. whole_image
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def lr_factor(config: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly (paper 4 §4.2), step or constant."""
+    t = config.train
+    if t.warmup_steps and step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "poly":
+        return max(0.0, 1.0 - step / max(1, total_steps)) ** t.poly_power
+    if t.schedule == "step":
+        return t.step_gamma ** ((step // max(1, steps_per_epoch)) // max(1, t.step_every))
+    return 1.0
+
+
+class _TrainStep(nn.Module):
+    """Forward + loss in one module so DDP sees the loss and the logits as outputs."""
+
+    def __init__(self, model: RefSegModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        out = self.model(batch)
+        return self.model.loss(out, batch), out.logits
+
+
+def batch_ious(logits: Tensor, batch: Batch) -> Tensor:
+    """Per-sample IoU of ``logits > 0`` against the letterboxed targets (running training metric)."""
+    size = batch.masks.shape[-2:]
+    logits = F.interpolate(logits.detach().float(), size=size, mode="bilinear", align_corners=False)
+    valid = batch.valid > 0.5
+    pred = (logits > 0) & valid
+    target = (batch.masks > 0.5) & valid
+    inter = (pred & target).flatten(1).sum(1).float()
+    union = (pred | target).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors/builtins (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+class CsvLog:
+    """Append-only CSV; on resume, rows after the resumed step are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, fields: list[str], keep_until_step: int | None) -> None:
+        self.path, self.fields = path, fields
+        rows: list[dict[str, str]] = []
+        if keep_until_step is not None and path.is_file():
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a run's CSV log."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resolve_resume(resume: str | Path) -> Path:
+    """A run folder, its ``last_state.pt`` or its ``last.safetensors`` → the training-state file."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / LAST_STATE
+    elif path.suffix == ".safetensors":
+        path = path.with_name(LAST_STATE)
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: training state not found: {path}")
+    return path
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """One training run (see the module docstring). Use :func:`train` for the common case."""
+
+    def __init__(self, config: Config, resume: str | Path | None = None, console: Any = None) -> None:
+        self.config = config
+        self.resume_state = resolve_resume(resume) if resume is not None else None
+        self.out_dir = self.resume_state.parent if self.resume_state else Path(config.train.out_dir or "runs/run")
+        self.runtime = setup_runtime(config)
+        self.console = console
+        self.train_samples: list[RefSample] = []
+        self.val_samples: list[RefSample] = []
+
+    def log(self, message: str) -> None:
+        if self.runtime.is_main and self.console is not None:
+            self.console.print(message)
+
+    def _prepare_out_dir(self) -> None:
+        if self.resume_state is None and (self.out_dir / LAST_STATE).exists():
+            raise ConfigError(
+                f"run folder {self.out_dir} already has a run: pass --resume {self.out_dir} "
+                "or choose another train.out_dir=..."
+            )
+        if self.runtime.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from refseg.errors import OutputError
+
+                raise OutputError(f"cannot create run folder {self.out_dir}: {exc.strerror}") from None
+            save_config(self.config, self.out_dir / "config.yaml")
+
+    def run(self) -> Path:
+        """Train; returns the run folder."""
+        cfg, rt = self.config, self.runtime
+        self._prepare_out_dir()
+        seed_everything(cfg.train.seed)
+        self.train_samples = load_samples(cfg, "train")
+        if not self.train_samples:
+            raise ConfigError("data.train is empty: give at least one training dataset")
+        self.val_samples = load_samples(cfg, "val") if cfg.data.val else []
+        if self.resume_state is not None:
+            model = self._saved_model()
+        else:
+            model = build_model(cfg, [s.sentence for s in self.train_samples])
+        model = model.to(rt.device)
+        model.train()
+        cache = None
+        if cfg.data.cache_features and model.backbone_frozen:
+            cache = FeatureCache(torch.float16 if cfg.data.cache_dtype == "float16" else torch.float32)
+        dataset = RefDataset(
+            self.train_samples, cfg.data.image_size, cfg.data.augment, cfg.train.seed, cached=cache is not None
+        )
+        sampler = DistributedSampler(dataset, num_replicas=rt.world, rank=rt.rank, shuffle=True, seed=cfg.train.seed)
+        steps_per_epoch = math.ceil(len(sampler) / cfg.train.batch_size)
+        total_steps = cfg.train.iterations or steps_per_epoch * cfg.train.epochs
+        epochs = math.ceil(total_steps / steps_per_epoch)
+        optimizer = build_optimizer(cfg, model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch)
+        )
+        scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+
+        start_epoch, skip_batches, step, best = 0, 0, 0, -math.inf
+        if self.resume_state is not None:
+            start_epoch, skip_batches, step, best = self._restore(model, optimizer, scheduler, scaler)
+            self.log(f"resumed from {self.resume_state} at epoch {start_epoch + 1}, step {step}")
+        keep = step if self.resume_state is not None else None
+        train_log = val_log = board = None
+        if rt.is_main:
+            train_log = CsvLog(self.out_dir / "train.csv", ["epoch", "step", "loss", "lr", "iou"], keep)
+            val_log = CsvLog(self.out_dir / "val.csv", ["epoch", "step", "n", "overall_iou", "mean_iou",
+                                                        "prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9"], keep)
+            board = _tensorboard(self.out_dir)
+
+        if cache is not None:
+            self._fill_cache(cache, model, dataset, "training")
+        step_module: nn.Module = _TrainStep(model)
+        if rt.world > 1:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module,
+                device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        collate = Collator(model.tokenize)
+        two_stage = cfg.train.low_res_epochs > 0 and "stage" in model.config
+
+        for epoch in range(start_epoch, epochs):
+            if step >= total_steps:
+                break
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            if two_stage:
+                set_stage(model, "low" if epoch < cfg.train.low_res_epochs else "high")
+            indices = list(sampler)[skip_batches * cfg.train.batch_size :]
+            loader = DataLoader(
+                dataset, batch_size=cfg.train.batch_size, sampler=indices, collate_fn=collate,
+                num_workers=cfg.train.workers,
+            )
+            batches_done = skip_batches
+            skip_batches = 0
+            window_loss, window_iou, window_n = 0.0, 0.0, 0
+            with self._progress(f"epoch {epoch + 1}/{epochs}", steps_per_epoch, batches_done) as advance:
+                for collated in loader:
+                    batch = collated.batch
+                    if cache is not None:
+                        batch.features = cache.features(collated.views, rt.device)
+                    batch = batch.to(rt.device)
+                    with rt.autocast():
+                        loss, logits = step_module(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    if loss.requires_grad:  # False for models with nothing to train (whole_image)
+                        scaler.scale(loss).backward()
+                        if cfg.train.grad_clip > 0:
+                            scaler.unscale_(optimizer)
+                            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                    lr = optimizer.param_groups[0]["lr"]
+                    scheduler.step()
+                    step += 1
+                    batches_done += 1
+                    ious = batch_ious(logits, batch)
+                    window_loss += float(loss.detach()) * len(ious)
+                    window_iou += float(ious.sum())
+                    window_n += len(ious)
+                    advance(loss=float(loss.detach()), iou=window_iou / window_n)
+                    if step % cfg.train.log_every == 0 or batches_done == steps_per_epoch:
+                        row = {"epoch": epoch + 1, "step": step, "loss": f"{window_loss / window_n:.6g}",
+                               "lr": f"{lr:.6g}", "iou": f"{window_iou / window_n:.4f}"}
+                        if train_log is not None:
+                            train_log.write(row)
+                        if board is not None:
+                            board.add_scalar("train/loss", window_loss / window_n, step)
+                            board.add_scalar("train/iou", window_iou / window_n, step)
+                        window_loss, window_iou, window_n = 0.0, 0.0, 0
+                    if step >= total_steps:
+                        break
+            finished_epoch = batches_done >= steps_per_epoch
+            last = step >= total_steps
+            metrics = None
+            every = cfg.train.eval_every
+            if self.val_samples and (last or (every and finished_epoch and (epoch + 1) % every == 0)):
+                metrics = self.validate(model, cache)
+                self.log(
+                    f"epoch {epoch + 1}: val mean IoU {100 * metrics['mean_iou']:.2f}, "
+                    f"overall IoU {100 * metrics['overall_iou']:.2f} (n={metrics['n']})"
+                )
+                if val_log is not None:
+                    val_log.write({"epoch": epoch + 1, "step": step, **{
+                        k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in metrics.items() if k != "by_length"}})
+                if board is not None:
+                    board.add_scalar("val/mean_iou", metrics["mean_iou"], step)
+                    board.add_scalar("val/overall_iou", metrics["overall_iou"], step)
+            improved = metrics is not None and (metrics[cfg.train.best_metric] or 0.0) > best
+            if improved:
+                best = metrics[cfg.train.best_metric]
+            next_epoch, next_skip = (epoch + 1, 0) if finished_epoch else (epoch, batches_done)
+            self._save(model, optimizer, scheduler, scaler, next_epoch, next_skip, step, best, metrics, improved)
+        if board is not None:
+            board.close()
+        if rt.world > 1:
+            dist.barrier()
+        return self.out_dir
+
+    # ----------------------------------------------------------------------- helpers
+
+    def validate(self, model: RefSegModel, cache: FeatureCache | None) -> dict[str, Any]:
+        """Metrics on ``data.val`` (each process scores its shard; accumulators are gathered)."""
+        from refseg.engine.evaluator import evaluate
+
+        rt = self.runtime
+        shard = self.val_samples[rt.rank :: rt.world]
+        if cache is not None:
+            self._fill_cache(cache, model, RefDataset(shard, self.config.data.image_size, cached=True), "validation")
+        accumulator = evaluate(
+            model, shard, self.config.data.image_size, batch_size=self.config.train.eval_batch_size,
+            device=rt.device, feature_cache=cache, autocast=rt.autocast,
+        )
+        return accumulator.gather().summary()
+
+    def _fill_cache(self, cache: FeatureCache, model: RefSegModel, dataset: RefDataset, what: str) -> None:
+        todo = sum(1 for view, _ in dataset.views() if view not in cache)
+        if not todo:
+            return
+        with self._progress(f"caching {what} features", todo, 0) as advance:
+            done = [0]
+
+            def on_progress(n: int, _total: int) -> None:
+                for _ in range(n - done[0]):
+                    advance()
+                done[0] = n
+
+            cache.fill(model, dataset, self.runtime.device, self.config.train.eval_batch_size, on_progress)
+        self.log(f"cached backbone features of {len(cache)} image views")
+
+    def _progress(self, label: str, total: int, completed: int):
+        """Context manager yielding ``advance(**fields)``; a rich bar on rank 0 when enabled."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar() -> Iterator[Callable[..., None]]:
+            if not (self.runtime.is_main and self.config.train.progress):
+                yield lambda **_: None
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+            with Progress(*columns, console=self.console, transient=False) as progress:
+                task = progress.add_task(label, total=total, completed=completed, info="")
+
+                def advance(loss: float | None = None, iou: float | None = None) -> None:
+                    info = "" if loss is None else f"loss {loss:.4f}  IoU {100 * (iou or 0):.1f}"
+                    progress.update(task, advance=1, info=info)
+
+                yield advance
+
+        return bar()
+
+    def _save(self, model, optimizer, scheduler, scaler, epoch, skip, step, best, metrics, improved) -> None:
+        if not self.runtime.is_main:
+            return
+        from refseg.engine.checkpoint import save_model, save_training_state
+
+        meta = {
+            "epoch": epoch, "step": step, "image_size": self.config.data.image_size,
+            "metrics": {k: v for k, v in (metrics or {}).items() if k != "by_length"},
+            "train_config": to_dict(self.config),
+        }
+        save_model(self.out_dir / LAST_MODEL, model, meta)
+        if improved:
+            save_model(self.out_dir / BEST_MODEL, model, meta)
+        save_training_state(self.out_dir / LAST_STATE, {
+            "epoch": epoch, "skip_batches": skip, "step": step, "best": float(best),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(),
+        })
+
+    def _saved_model(self) -> RefSegModel:
+        """The model of the run being resumed (its config, vocabulary and weights)."""
+        from refseg.engine.checkpoint import load_model
+
+        import_plugins(self.config)
+        model, _ = load_model(self.resume_state.with_name(LAST_MODEL))
+        if model.name != self.config.model.name:
+            raise CheckpointError(f"cannot resume a {model.name} run with model {self.config.model.name}")
+        return model.train()
+
+    def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, int, int, float]:
+        from refseg.engine.checkpoint import load_training_state
+
+        state = load_training_state(self.resume_state)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.resume_state} does not match this config: {str(exc).splitlines()[0]}") from None
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        return int(state["epoch"]), int(state["skip_batches"]), int(state["step"]), float(state["best"])
+
+
+def train(config: Config, resume: str | Path | None = None, console: Any = None) -> Path:
+    """Train ``config`` (optionally resuming a run); returns the run folder."""
+    return Trainer(config, resume, console).run()

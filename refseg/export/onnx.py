@@ -1,0 +1,368 @@
+"""ONNX export of a refseg model and the onnxruntime runner behind ``runtime="onnx"``.
+
+The exported graph takes the letterboxed, normalised photo ``image`` [1, 3, S, S], token ids
+``tokens`` [B, T] (int64, 0 = padding) and ``lengths`` [B] (int64) and returns ``logits``
+[B, 1, h, w] on the canvas grid, plus the model's per-expression extras (``word_maps``,
+``word_attention``) when it has them. The image is encoded once and its features broadcast
+to the B expressions inside the graph. Tokenisation stays in Python (``model.tokenize``), and
+post-processing is the shared :mod:`refseg.postprocess.masks`, so both runtimes give the same
+masks.
+
+Export uses PyTorch's TorchScript-based exporter (no extra dependency). Tracing freezes Python
+control flow, so each export is *verified* against PyTorch with onnxruntime on other batch
+sizes and sentence lengths; the first layout that matches is kept:
+
+1. dynamic B and T;
+2. dynamic B, T padded to the model's token cap (models that loop over words in Python:
+   the same trace, with the word axis then fixed to the cap);
+3. B = 1 (the runner sends one expression at a time), T padded to the cap (a second trace).
+
+The chosen layout, the model name and config, the checkpoint metadata, the tokenizer cap and
+the image size are stored in the ONNX ``metadata_props``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from refseg.errors import CheckpointError, ConfigError
+from refseg.io import atomic_write_bytes
+from refseg.models.base import Batch, ModelOutput, RefSegModel
+
+DEFAULT_OPSET = 17
+#: Largest |logit difference| between onnxruntime and PyTorch accepted by the export check.
+TOLERANCE = 1e-3
+INPUTS = ("image", "tokens", "lengths")
+_PROBE_TEXTS = ("the man on the left", "red", "a small white dog next to the large brown chair on the right")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which input axes the exported graph accepts at any size."""
+
+    dynamic_batch: bool
+    dynamic_words: bool
+
+
+LAYOUTS = (Layout(True, True), Layout(True, False), Layout(False, False))
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote."""
+
+    path: Path
+    layout: Layout
+    max_tokens: int
+    outputs: tuple[str, ...]
+    max_abs_diff: float
+
+
+class _Graph(nn.Module):
+    """image [1,3,S,S] + tokens [B,T] + lengths [B] → (logits, *extras), image features broadcast."""
+
+    def __init__(self, model: RefSegModel, extras: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.extras = extras
+
+    def forward(self, image: Tensor, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+        features = self.model.encode_image(image)
+        n = tokens.shape[0]
+        shared = [f.expand(n, *f.shape[1:]) for f in features]
+        out = self.model(Batch(images=None, tokens=tokens, lengths=lengths, features=shared))
+        return (out.logits, *(out.extras[name] for name in self.extras))
+
+
+def export_onnx(
+    model: RefSegModel,
+    output: str | Path,
+    image_size: int,
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, str] | None = None,
+) -> ExportResult:
+    """Export ``model`` to ``output`` (atomically) in the most dynamic layout that verifies.
+
+    Raises :class:`ConfigError` when the model cannot be exported (with the exporter's reason).
+    """
+    import onnx
+
+    output = Path(output)
+    model = model.eval()
+    max_tokens = token_cap(model)
+    image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    references = _torch_references(model, image)
+    last = references[-1]
+    extras = tuple(sorted(
+        k for k, v in last[3].extras.items() if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(last[0])
+    ))
+    tokens, lengths = model.tokenize(list(_PROBE_TEXTS[:2]))
+    probe = (image, _pad(tokens, max_tokens), lengths)  # the traced shapes: two texts, T = cap
+    failures: list[str] = []
+    traces: dict[bool, bytes | str] = {}  # one trace per batch mode; T is decided at verification
+    for layout in LAYOUTS:
+        if layout.dynamic_batch not in traces:
+            traces[layout.dynamic_batch] = _trace_to_onnx(model, extras, probe, layout.dynamic_batch, opset)
+        graph = traces[layout.dynamic_batch]
+        if isinstance(graph, str):
+            failures.append(f"{_describe(layout)}: {graph}")
+            continue
+        try:
+            diff = _verify(graph, references, image, extras, layout, max_tokens)
+        except Exception as exc:  # onnxruntime rejects a shape the trace froze
+            failures.append(f"{_describe(layout)}: onnxruntime failed: {str(exc).strip()[:200]}")
+            continue
+        if diff > TOLERANCE:
+            failures.append(f"{_describe(layout)}: max |difference| {diff:.2e} > {TOLERANCE}")
+            continue
+        proto = onnx.load_from_string(graph)
+        if not layout.dynamic_words:
+            proto.graph.input[INPUTS.index("tokens")].type.tensor_type.shape.dim[1].dim_value = max_tokens
+        onnx.helper.set_model_props(proto, {
+            "refseg_model": model.name,
+            "refseg_config": json.dumps(model.config),
+            "image_size": str(image_size),
+            "tokenizer": json.dumps({"source": "model.tokenize", "max_tokens": max_tokens, "pad_id": 0}),
+            "dynamic_batch": json.dumps(layout.dynamic_batch),
+            "dynamic_words": json.dumps(layout.dynamic_words),
+            "outputs": json.dumps(["logits", *extras]),
+            **(metadata or {}),
+        })
+        atomic_write_bytes(output, proto.SerializeToString())
+        return ExportResult(output, layout, max_tokens, ("logits", *extras), diff)
+    raise ConfigError(f"model {model.name!r} cannot be exported to ONNX ({'; '.join(failures)})")
+
+
+def token_cap(model: RefSegModel) -> int:
+    """The most tokens ``model.tokenize`` produces for one expression (its truncation cap)."""
+    logging.disable(logging.WARNING)  # the tokenizer logs the (intended) truncation
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, lengths = model.tokenize(["word " * 512])
+    finally:
+        logging.disable(logging.NOTSET)
+    return int(lengths.max())
+
+
+def _torch_references(model: RefSegModel, image: Tensor) -> list[tuple[list[str], Tensor, Tensor, ModelOutput]]:
+    """PyTorch outputs for one and for three expressions (shapes other than the traced ones)."""
+    references = []
+    for texts in ([_PROBE_TEXTS[1]], list(_PROBE_TEXTS)):
+        tokens, lengths = model.tokenize(texts)
+        with torch.inference_mode():
+            references.append((texts, tokens, lengths, _run_torch(model, image, tokens, lengths)))
+    return references
+
+
+def _run_torch(model: RefSegModel, image: Tensor, tokens: Tensor, lengths: Tensor) -> ModelOutput:
+    features = model.encode_image(image)
+    shared = [f.expand(tokens.shape[0], *f.shape[1:]) for f in features]
+    return model(Batch(images=None, tokens=tokens, lengths=lengths, features=shared))
+
+
+def _trace_to_onnx(
+    model: RefSegModel,
+    extras: tuple[str, ...],
+    probe: tuple[Tensor, Tensor, Tensor],
+    dynamic_batch: bool,
+    opset: int,
+) -> bytes | str:
+    """The serialised ONNX graph (B and T declared dynamic, or B = 1), or the exporter's error."""
+    image, tokens, lengths = probe
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch:
+        axes = {"tokens": {0: "texts", 1: "words"}, "lengths": {0: "texts"}}
+        axes.update({name: {0: "texts"} for name in ("logits", *extras)})
+    else:
+        tokens, lengths = tokens[:1], lengths[:1]
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings: the verification below is the real check
+            torch.onnx.export(
+                _Graph(model, extras),
+                (image, tokens, lengths),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(INPUTS),
+                output_names=["logits", *extras],
+                dynamic_axes=axes,
+                do_constant_folding=True,
+            )
+    except Exception as exc:  # the exporter raises many types; the message is what matters
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return reason[:200]
+    return buffer.getvalue()
+
+
+def _verify(
+    graph: bytes,
+    references: list[tuple[list[str], Tensor, Tensor, ModelOutput]],
+    image: Tensor,
+    extras: tuple[str, ...],
+    layout: Layout,
+    max_tokens: int,
+) -> float:
+    """Largest |difference| of every output between onnxruntime and the PyTorch references."""
+    runner = OnnxRunner(_session(graph, "cpu"), layout, max_tokens, ("logits", *extras))
+    worst = 0.0
+    for texts, tokens, lengths, expected in references:
+        got = runner.run(runner.encode_image(image), tokens, lengths, texts)
+        for name in ("logits", *extras):
+            want = expected.logits if name == "logits" else expected.extras[name]
+            have = got.logits if name == "logits" else got.extras[name]
+            if name != "logits":  # padded T: compare the real words only
+                have = have[tuple(slice(0, s) for s in want.shape)]
+            if have.shape != want.shape:
+                return float("inf")
+            worst = max(worst, float((have - want.float()).abs().max()))
+    return worst
+
+
+class OnnxRunner:
+    """The :class:`refseg.api.Runner` for onnxruntime: one graph call per batch of expressions."""
+
+    def __init__(self, session: Any, layout: Layout, max_tokens: int, outputs: tuple[str, ...]) -> None:
+        self.session = session
+        self.layout = layout
+        self.max_tokens = max_tokens
+        self.outputs = outputs
+        self._inputs = {i.name for i in session.get_inputs()}  # unused inputs are pruned by the exporter
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str = "cpu") -> "OnnxRunner":
+        props = read_metadata(path)
+        layout = Layout(json.loads(props["dynamic_batch"]), json.loads(props["dynamic_words"]))
+        tokenizer = json.loads(props["tokenizer"])
+        return cls(_session(str(path), device), layout, int(tokenizer["max_tokens"]), tuple(json.loads(props["outputs"])))
+
+    def encode_image(self, images: Tensor) -> np.ndarray:
+        """The graph encodes the image itself; this only hands the array over."""
+        return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+
+    def run(self, features: np.ndarray, tokens: Tensor, lengths: Tensor, texts: list[str]) -> ModelOutput:
+        if not self.layout.dynamic_words:
+            tokens = _pad(tokens, self.max_tokens)
+        rows = range(tokens.shape[0]) if not self.layout.dynamic_batch else [slice(None)]
+        parts = [self._call(features, tokens[r], lengths[r]) for r in (_as_slice(r) for r in rows)]
+        merged = [torch.cat([torch.from_numpy(p[k]) for p in parts]) for k in range(len(self.outputs))]
+        return ModelOutput(logits=merged[0], extras=dict(zip(self.outputs[1:], merged[1:])))
+
+    def _call(self, image: np.ndarray, tokens: Tensor, lengths: Tensor) -> list[np.ndarray]:
+        feed = {"image": image, "tokens": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
+        return self.session.run(list(self.outputs), {k: v for k, v in feed.items() if k in self._inputs})
+
+
+def export_checkpoint(
+    model: RefSegModel,
+    checkpoint: str | Path,
+    output: str | Path,
+    image_size: int,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """Export the model loaded from ``checkpoint``, recording the checkpoint's hash and metadata."""
+    from refseg import __version__
+    from refseg.engine.checkpoint import read_header
+
+    metadata = {
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "refseg_meta": json.dumps(read_header(checkpoint)["meta"]),
+        "refseg_version": __version__,
+    }
+    return export_onnx(model, output, image_size, opset=opset, metadata=metadata)
+
+
+def default_onnx_path(checkpoint: str | Path) -> Path:
+    """Where ``refseg export onnx`` writes by default and the onnx runtime looks first."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+def create_onnx_runner(
+    model: RefSegModel, checkpoint: str | Path, image_size: int, device: str = "cpu"
+) -> OnnxRunner:
+    """The runner for ``Segmenter.from_pretrained(..., runtime="onnx")``.
+
+    Uses :func:`default_onnx_path` when it was exported from this very checkpoint at this image
+    size; otherwise exports once into the cache folder (``$REFSEG_CACHE`` or ``~/.cache/refseg``)
+    and reuses it.
+    """
+    digest = file_sha256(checkpoint)
+    sibling = default_onnx_path(checkpoint)
+    if sibling.is_file() and _matches(sibling, digest, image_size):
+        return OnnxRunner.from_file(sibling, device)
+    cache = Path(os.environ.get("REFSEG_CACHE") or Path.home() / ".cache" / "refseg") / "onnx"
+    cached = cache / f"{Path(checkpoint).stem}-{digest[:16]}-{image_size}.onnx"
+    if not (cached.is_file() and _matches(cached, digest, image_size)):
+        cache.mkdir(parents=True, exist_ok=True)
+        export_checkpoint(model, checkpoint, cached, image_size)
+    return OnnxRunner.from_file(cached, device)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an exported refseg ONNX file (weights are not loaded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise CheckpointError(f"{path} is not a readable ONNX file: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "refseg_model" not in props:
+        raise CheckpointError(f"{path} is not an ONNX file exported by refseg")
+    return props
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _matches(path: Path, digest: str, image_size: int) -> bool:
+    try:
+        props = read_metadata(path)
+    except CheckpointError:
+        return False
+    return props.get("checkpoint_sha256") == digest and props.get("image_size") == str(image_size)
+
+
+def _session(model: bytes | str, device: str):
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures surface as exceptions; no console noise
+    return ort.InferenceSession(model, sess_options=options, providers=providers)
+
+
+def _pad(tokens: Tensor, length: int) -> Tensor:
+    if tokens.shape[1] >= length:
+        return tokens[:, :length]
+    return torch.nn.functional.pad(tokens, (0, length - tokens.shape[1]))
+
+
+def _as_slice(row: int | slice) -> slice:
+    return row if isinstance(row, slice) else slice(row, row + 1)
+
+
+def _describe(layout: Layout) -> str:
+    batch = "dynamic texts" if layout.dynamic_batch else "one text"
+    words = "dynamic words" if layout.dynamic_words else "words padded to the cap"
+    return f"{batch}, {words}"

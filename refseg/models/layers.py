@@ -1,0 +1,92 @@
+"""Small building blocks shared by the models.
+
+* :func:`l2_normalize` — per-location L2 normalisation of feature maps (paper 1 §3.1).
+* :func:`coord_channels` — spatial coordinates of every feature-map cell: ``"2d"`` gives x, y
+  in [-1, 1] with the top-left cell at (-1, -1) and the bottom-right one at (+1, +1) (paper 1
+  §3.1); ``"8d"`` gives the cell box [x_min, y_min, x_max, y_max, x_center, y_center, 1/w, 1/h]
+  with positions in [-1, 1] (paper 3 §3.2, the channels of paper 1's released code). They
+  describe the whole canvas: the model never knows where the letterbox padding starts.
+* :func:`bilinear_deconv` — a 2s x 2s transposed convolution with stride s initialised to
+  bilinear interpolation (paper 1 §3.3, FCN-32s style upsampling).
+* :func:`tile` and :func:`conv_block`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+COORD_KINDS = {"2d": 2, "8d": 8}
+
+
+def l2_normalize(features: Tensor, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """Unit L2 norm along ``dim`` (channels of a [B, C, h, w] map by default)."""
+    return F.normalize(features, p=2.0, dim=dim, eps=eps)
+
+
+def coord_channels(h: int, w: int, kind: str = "2d", device=None, dtype=torch.float32) -> Tensor:
+    """Coordinate maps [1, C, h, w] (C = 2 or 8, see the module docstring)."""
+    if kind not in COORD_KINDS:
+        raise ValueError(f"coordinate kind must be one of {sorted(COORD_KINDS)}, got {kind!r}")
+    if kind == "2d":
+        def axis(n: int) -> Tensor:  # a single cell sits at the centre
+            return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
+
+        y, x = torch.meshgrid(axis(h), axis(w), indexing="ij")
+        return torch.stack([x, y]).unsqueeze(0)
+    cols = torch.arange(w, device=device, dtype=dtype)
+    rows = torch.arange(h, device=device, dtype=dtype)
+    x_min, x_max = cols / w * 2 - 1, (cols + 1) / w * 2 - 1
+    y_min, y_max = rows / h * 2 - 1, (rows + 1) / h * 2 - 1
+    per_x = torch.stack([x_min, x_max, (x_min + x_max) / 2])[:, None, :].expand(3, h, w)
+    per_y = torch.stack([y_min, y_max, (y_min + y_max) / 2])[:, :, None].expand(3, h, w)
+    ones = torch.ones(h, w, device=device, dtype=dtype)
+    channels = [per_x[0], per_y[0], per_x[1], per_y[1], per_x[2], per_y[2], ones / w, ones / h]
+    return torch.stack(channels).unsqueeze(0)
+
+
+def add_coords(features: Tensor, kind: str = "2d") -> Tensor:
+    """Concatenate coordinate channels to a [B, C, h, w] map → [B, C + 2|8, h, w]."""
+    b, _, h, w = features.shape
+    coords = coord_channels(h, w, kind, device=features.device, dtype=features.dtype)
+    return torch.cat([features, coords.expand(b, -1, -1, -1)], dim=1)
+
+
+def tile(vector: Tensor, h: int, w: int) -> Tensor:
+    """[B, D] → [B, D, h, w] (the same vector at every location)."""
+    return vector[:, :, None, None].expand(-1, -1, h, w)
+
+
+def bilinear_kernel(size: int) -> Tensor:
+    """[size, size] bilinear interpolation weights (FCN's ``upsample_filt``)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float32)
+    filt = 1 - (og - center).abs() / factor
+    return filt[:, None] * filt[None, :]
+
+
+def bilinear_deconv(channels: int, stride: int, learnable: bool = True) -> nn.ConvTranspose2d:
+    """Transposed conv, kernel 2s x 2s, stride s, initialised to per-channel bilinear upsampling.
+
+    An [h, w] input gives exactly [h*s, w*s] (padding s/2), aligned with the canvas grid.
+    """
+    if stride < 2 or stride % 2:
+        raise ValueError(f"deconvolution stride must be even and >= 2, got {stride}")
+    deconv = nn.ConvTranspose2d(
+        channels, channels, kernel_size=2 * stride, stride=stride, padding=stride // 2, groups=channels, bias=True
+    )
+    with torch.no_grad():
+        deconv.weight.copy_(bilinear_kernel(2 * stride).expand(channels, 1, -1, -1))
+        deconv.bias.zero_()
+    deconv.requires_grad_(learnable)
+    return deconv
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
+    """Conv (same padding) + ReLU."""
+    padding = dilation * (kernel_size - 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation),
+        nn.ReLU(inplace=True),
+    )

@@ -1,0 +1,76 @@
+"""Losses at the model's output resolution.
+
+Targets on the S x S canvas are resized to the logit grid: ``"area"`` averaging (soft targets,
+paper 1 §4.2 trains the low-resolution model on downsampled labels) or ``"nearest"``. The
+letterbox padding is excluded through ``valid`` (1 inside the image, 0 on padding); the loss is
+the mean over valid pixels, as paper 1 eq. 1 averages over the image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+RESIZE_MODES = ("area", "nearest")
+
+
+def resize_to(maps: Tensor, size: tuple[int, int], mode: str = "area") -> Tensor:
+    """Resize float maps [B, C, H, W] to ``size``; ``area`` only when shrinking, else nearest."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    if mode == "area" and maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(maps, size)
+    return F.interpolate(maps, size=size, mode="nearest")
+
+
+def _targets(logits: Tensor, masks: Tensor | None, valid: Tensor | None, resize: str) -> tuple[Tensor, Tensor]:
+    if masks is None:
+        raise ValueError("this loss needs target masks (Batch.masks is None)")
+    size = logits.shape[-2:]
+    target = resize_to(masks.to(logits.dtype), size, resize)
+    weight = torch.ones_like(target) if valid is None else resize_to(valid.to(logits.dtype), size, resize)
+    return target, weight
+
+
+def weighted_bce(
+    logits: Tensor,
+    masks: Tensor | None,
+    valid: Tensor | None = None,
+    pos_weight: float = 3.0,
+    neg_weight: float = 1.0,
+    resize: str = "area",
+) -> Tensor:
+    """Class-weighted logistic loss (paper 1 eq. 2: α_f = 3 on foreground, α_b = 1 on background).
+
+    ``logits`` [B, 1, h, w]; ``masks`` and ``valid`` [B, 1, S, S] in {0, 1}.
+    """
+    target, weight = _targets(logits, masks, valid, resize)
+    per_pixel = pos_weight * target * F.softplus(-logits) + neg_weight * (1 - target) * F.softplus(logits)
+    return (per_pixel * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def bce(logits: Tensor, masks: Tensor | None, valid: Tensor | None = None, resize: str = "area") -> Tensor:
+    """Plain (unweighted) logistic loss over valid pixels."""
+    return weighted_bce(logits, masks, valid, pos_weight=1.0, neg_weight=1.0, resize=resize)
+
+
+def multilabel_logistic(
+    word_logits: Tensor, present: Tensor, masks: Tensor | None, valid: Tensor | None = None, resize: str = "area"
+) -> Tensor:
+    """Per-word baseline loss (paper 1 §4.1): a pixel's label for word i is 1 iff the pixel is
+    foreground and word i is in the expression. ``word_logits`` [B, N, h, w], ``present`` [B, N]."""
+    target, weight = _targets(word_logits, masks, valid, resize)
+    labels = target * present.to(word_logits.dtype)[:, :, None, None]
+    per_pixel = F.binary_cross_entropy_with_logits(word_logits, labels.expand_as(word_logits), reduction="none")
+    return (per_pixel * weight).sum() / (weight.sum().clamp(min=1.0) * word_logits.shape[1])
+
+
+def category_cross_entropy(logits: Tensor, categories: Tensor) -> Tensor:
+    """Per-pixel softmax loss of a category segmentation head; ``categories`` [B, S, S] long, -1 ignored."""
+    labels = F.interpolate(categories[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+    if not (labels >= 0).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=-1)

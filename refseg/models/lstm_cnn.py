@@ -1,0 +1,79 @@
+"""LSTM-CNN (Hu, Rohrbach & Darrell 2016, "Segmentation from Natural Language Expressions")."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from refseg.errors import ConfigError
+from refseg.models.base import Batch, ModelOutput, register
+from refseg.models.image_text import ImageTextModel
+from refseg.models.layers import add_coords, bilinear_deconv, l2_normalize, tile
+
+STAGES = ("low", "high")
+
+
+class LstmCnnHead(nn.Module):
+    """Paper 1 §3.3: tile the L2-normalised h_T over the L2-normalised feature map with 2-d
+    coordinates (D* = D_im + D_text + 2), classify every location with two 1x1 convolutions
+    (D_cls hidden units, ReLU) into a low-resolution response map, then upsample it with a
+    2s x 2s deconvolution of stride s initialised to bilinear interpolation."""
+
+    def __init__(self, visual_dim: int, text_dim: int, classifier: int, stride: int) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(
+            nn.Conv2d(visual_dim + text_dim + 2, classifier, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(classifier, 1, kernel_size=1),
+        )
+        self.deconv = bilinear_deconv(1, stride)
+
+    def low_res(self, visual: Tensor, sentence: Tensor) -> Tensor:
+        """Feature map [B, C, h, w] + sentence [B, D] → response map [B, 1, h, w].
+
+        Both are L2-normalised and then scaled by sqrt(dim): the same directions as the paper,
+        with entries of order 1 like the coordinates, which Adam-style optimisers need.
+        """
+        h, w = visual.shape[-2:]
+        visual = l2_normalize(visual) * math.sqrt(visual.shape[1])
+        language = tile(l2_normalize(sentence, dim=1) * math.sqrt(sentence.shape[1]), h, w)
+        return self.classifier(torch.cat([add_coords(visual, "2d"), language], dim=1))
+
+    def high_res(self, low: Tensor, canvas: int) -> Tensor:
+        """[B, 1, h, w] → [B, 1, S, S] (the deconvolution output cropped to the canvas)."""
+        return self.deconv(low)[..., :canvas, :canvas]
+
+
+def check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
+
+
+@register("lstm_cnn")
+class LstmCnn(ImageTextModel):
+    """LSTM-CNN, paper 1 §3: LSTM sentence encoder (§3.2), L2-normalised CNN features with
+    coordinates (§3.1), per-location two-layer classifier and deconvolution (§3.3), weighted
+    logistic loss α_f = 3, α_b = 1 (§3.3 eq. 2).
+
+    Two-stage training (§4.2) is the ``stage`` switch: ``"low"`` outputs and trains the
+    coarse h x w map against downsampled labels; ``"high"`` (fine-tune from a low checkpoint,
+    same parameters) outputs the deconvolved S x S map. ``extras["low_res_logits"]`` always
+    holds the coarse map. Paper widths: ``hidden=1000, classifier=500`` (defaults are smaller
+    for CPU training); the paper's stride is 32 (``output_stride=8/16`` gives finer maps).
+    """
+
+    def __init__(self, classifier: int = 256, stage: str = "high", **shared: Any) -> None:
+        check_stage(stage)
+        super().__init__(classifier=classifier, stage=stage, **shared)
+        self.head = LstmCnnHead(self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1])
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        visual = self.image_features(batch)[-1]
+        low = self.head.low_res(visual, self.encode_text(batch).sentence)
+        extras = {"low_res_logits": low}
+        if self.config["stage"] == "low":
+            return ModelOutput(low, extras)
+        canvas = self.canvas_size(batch, visual, self.backbone.strides[-1])
+        return ModelOutput(self.head.high_res(low, canvas), extras)

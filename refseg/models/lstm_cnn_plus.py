@@ -1,0 +1,161 @@
+"""LSTM-CNN+ (Hu, Rohrbach & Darrell 2016b, "Utilizing Large Scale Vision and Text Datasets for
+Image Segmentation from Referring Expressions"): LSTM-CNN with GloVe embeddings and a
+category branch."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from refseg.errors import ConfigError
+from refseg.models.base import Batch, ModelOutput, register
+from refseg.models.categories import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
+from refseg.models.image_text import ImageTextModel
+from refseg.models.layers import conv_block
+from refseg.models.losses import category_cross_entropy, weighted_bce
+from refseg.models.lstm_cnn import LstmCnnHead, check_stage
+from refseg.models.text_encoders import TextFeatures
+
+CATEGORY_SOURCES = ("segmentation", "imagenet")
+CATEGORY_TEXT = ("learned", "zero_shot", "both")
+_EPS = 1e-6
+
+
+def category_names(source: str) -> tuple[str, ...]:
+    """The M classes of a category source, as words a person would use."""
+    from refseg.data.vocabulary import clean_category
+
+    if source == "imagenet":
+        return IMAGENET_CLASSES
+    return tuple(clean_category(name) for name in SEGMENTATION_CATEGORIES)
+
+
+def probability_to_logit(p: Tensor) -> Tensor:
+    p = p.clamp(_EPS, 1 - _EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+@register("lstm_cnn_plus")
+class LstmCnnPlus(ImageTextModel):
+    """LSTM-CNN+ (paper 2): the LSTM-CNN of paper 1 over GloVe word embeddings kept fixed
+    (§2.1; ``embedding="glove_full"`` also covers words never seen in training) plus the
+    category branch of §2.3 fused by eq. 2.
+
+    Category branch: the text is mapped to an M-class distribution p_text by a two-layer MLP
+    over the LSTM's h_T (``category_text="learned"``), by zero-shot similarity of the words to
+    the class names in GloVe (or MiniLM) space with a learned temperature (``"zero_shot"``), or
+    the sum of both logits (``"both"``). The image gives a per-location distribution p_image
+    from either (``category_source``)
+
+    * ``"segmentation"`` — a category segmentation head over the COCO panoptic + CamVid
+      classes (:data:`SEGMENTATION_CATEGORIES`), trained with per-pixel cross-entropy when the
+      batch carries ``categories`` labels (weight ``category_weight``) and end to end otherwise;
+    * ``"imagenet"`` — the frozen backbone's ImageNet classifier applied at every location
+      (1000 classes, nothing to train on the image side).
+
+    p_fg^(2) = <p_image, p_text> (eq. 1) and the output probability is
+    α p_fg^(1) + (1 − α) p_fg^(2) (eq. 2) with α = sigmoid(a) ∈ (0, 1) learned end to end;
+    ``logits`` are the logit of that probability. Extras: ``low_res_logits`` (main branch),
+    ``category_map`` (p_fg^(2) at feature resolution), ``alpha``, and
+    ``category_logits`` (segmentation source).
+    """
+
+    def __init__(
+        self,
+        classifier: int = 256,
+        stage: str = "high",
+        category_source: str = "segmentation",
+        category_text: str = "both",
+        category_hidden: int = 256,
+        category_weight: float = 1.0,
+        alpha_init: float = 0.7,
+        embedding: str = "glove_full",
+        freeze_embedding: bool = True,
+        **shared: Any,
+    ) -> None:
+        check_stage(stage)
+        if category_source not in CATEGORY_SOURCES:
+            raise ConfigError(f"category_source must be one of {CATEGORY_SOURCES}, got {category_source!r}")
+        if category_text not in CATEGORY_TEXT:
+            raise ConfigError(f"category_text must be one of {CATEGORY_TEXT}, got {category_text!r}")
+        if not 0.0 < alpha_init < 1.0:
+            raise ConfigError(f"alpha_init must be in (0, 1), got {alpha_init}")
+        super().__init__(
+            classifier=classifier,
+            stage=stage,
+            category_source=category_source,
+            category_text=category_text,
+            category_hidden=category_hidden,
+            category_weight=category_weight,
+            alpha_init=alpha_init,
+            embedding=embedding,
+            freeze_embedding=freeze_embedding,
+            **shared,
+        )
+        visual_dim, stride = self.backbone.channels[-1], self.backbone.strides[-1]
+        self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride)
+        names = category_names(category_source)
+        if category_source == "segmentation":
+            self.category_head = nn.Sequential(
+                conv_block(visual_dim, category_hidden, kernel_size=1), nn.Conv2d(category_hidden, len(names), 1)
+            )
+        if category_text in ("learned", "both"):
+            self.text_classifier = nn.Sequential(
+                nn.Linear(self.text.dim, category_hidden), nn.ReLU(inplace=True), nn.Linear(category_hidden, len(names))
+            )
+        if category_text in ("zero_shot", "both"):
+            # Class-name vectors are rebuilt from the packages at construction, never saved.
+            self.register_buffer("class_vectors", self.text.encode_phrases(names), persistent=False)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
+
+    def text_class_logits(self, text: TextFeatures) -> Tensor:
+        """p_text before the softmax: [B, M]."""
+        mode = self.config["category_text"]
+        logits = 0.0
+        if mode in ("learned", "both"):
+            logits = logits + self.text_classifier(text.sentence)
+        if mode in ("zero_shot", "both"):
+            logits = logits + self.log_temperature.exp() * self.text.zero_shot_scores(text, self.class_vectors)
+        return logits
+
+    def image_class_logits(self, visual: Tensor) -> Tensor:
+        """p_image before the softmax: [B, M, h, w]."""
+        if self.config["category_source"] == "imagenet":
+            return self.backbone.imagenet_logits(visual)
+        return self.category_head(visual)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        visual = self.image_features(batch)[-1]
+        text = self.encode_text(batch)
+        low = self.head.low_res(visual, text.sentence)
+        image_logits = self.image_class_logits(visual)
+        p_text = self.text_class_logits(text).softmax(dim=-1)
+        category_map = torch.einsum("bmhw,bm->bhw", image_logits.softmax(dim=1), p_text).unsqueeze(1)
+        alpha = torch.sigmoid(self.alpha_logit)
+        extras = {"low_res_logits": low, "category_map": category_map, "alpha": alpha.reshape(1)}
+        if self.config["category_source"] == "segmentation":
+            extras["category_logits"] = image_logits
+        if self.config["stage"] == "low":
+            main = low
+        else:
+            stride = self.backbone.strides[-1]
+            main = self.head.high_res(low, self.canvas_size(batch, visual, stride))
+            grid = (category_map.shape[-2] * stride, category_map.shape[-1] * stride)
+            category_map = F.interpolate(category_map, size=grid, mode="bilinear", align_corners=False)
+            category_map = category_map[..., : main.shape[-2], : main.shape[-1]]
+        fused = alpha * torch.sigmoid(main) + (1 - alpha) * category_map
+        return ModelOutput(probability_to_logit(fused), extras)
+
+    def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """Weighted logistic loss on the fused output, plus per-pixel cross-entropy of the
+        category segmentation head where the batch has category labels."""
+        loss = weighted_bce(out.logits, batch.masks, batch.valid)
+        if batch.categories is not None and "category_logits" in out.extras:
+            loss = loss + self.config["category_weight"] * category_cross_entropy(
+                out.extras["category_logits"], batch.categories
+            )
+        return loss

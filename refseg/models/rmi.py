@@ -1,0 +1,88 @@
+"""RMI: recurrent multimodal interaction (Liu et al. 2017, paper 3 §3.3).
+
+A language LSTM reads the expression; at every word t the language representation
+``l_t = [h_t; w_t]`` (LSTM state and word embedding) is tiled over the feature map and
+concatenated with the L2-normalised visual features and the 8-d spatial coordinates
+(§3.2), and a convolutional multimodal LSTM with 1x1 kernels (eq. 7) updates its state at
+every location. A 1x1 convolution turns the mLSTM state after the last word into the mask
+logits at feature resolution, trained with the plain logistic loss at that resolution
+(eq. 6). The same head applied to the state after every word gives the per-word maps of
+Fig. 6 (``extras["word_maps"]`` [B, T, h, w]); padding words do not update the state, so a
+padded position repeats the map of the last real word.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from refseg.models.base import Batch, ModelOutput, register
+from refseg.models.image_text import ImageTextModel
+from refseg.models.layers import add_coords, l2_normalize
+from refseg.models.losses import bce
+from refseg.models.recurrent import ConvLSTMCell
+from refseg.models.text import DEFAULT_MAX_LEN
+
+
+@register("rmi")
+class RMI(ImageTextModel):
+    """Recurrent multimodal interaction model (paper 3 §3.3, Fig. 3).
+
+    Defaults are sized for CPU training; the paper's widths are ``visual_dim=1000,
+    hidden=1000, embedding="learned", embed_dim=1000, mlstm_hidden=500`` (§4.2, D_I = D_S =
+    1000, mLSTM cell 500) with the visual features at output stride 8 (atrous, §3.2).
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str] | None = None,
+        output_stride: int = 8,
+        text: str = "lstm",
+        embedding: str = "glove",
+        hidden: int = 256,
+        visual_dim: int = 256,
+        mlstm_hidden: int = 128,
+        max_len: int = DEFAULT_MAX_LEN,
+        **shared: Any,
+    ) -> None:
+        super().__init__(
+            vocab=vocab,
+            output_stride=output_stride,
+            text=text,
+            embedding=embedding,
+            hidden=hidden,
+            max_len=max_len,
+            visual_dim=visual_dim,
+            mlstm_hidden=mlstm_hidden,
+            **shared,
+        )
+        self.feature_stride = self.backbone.strides[-1]
+        self.visual = nn.Conv2d(self.backbone.channels[-1], visual_dim, kernel_size=1)
+        language_dim = self.text.dim + self.text.embed_dim
+        self.mlstm = ConvLSTMCell(language_dim + visual_dim + 8, mlstm_hidden, kernel_size=1)
+        self.head = nn.Conv2d(mlstm_hidden, 1, kernel_size=1)
+
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        """Only the deepest tap is used (and cached)."""
+        return self.backbone(images)[-1:]
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        visual = self.image_features(batch)[-1]
+        visual = add_coords(l2_normalize(self.visual(visual)), "8d")  # v_ij ∈ R^{D_I + 8}
+        _, _, h, w = visual.shape
+        text = self.encode_text(batch)
+        language = torch.cat([text.words, text.embeddings], dim=-1)  # l_t = [h_t; w_t]
+        state = self.mlstm.initial_state(visual)
+        word_maps = []
+        for t in range(language.shape[1]):
+            word = language[:, t, :, None, None].expand(-1, -1, h, w)
+            state = self.mlstm(torch.cat([word, visual], dim=1), state, update=text.mask[:, t])
+            word_maps.append(self.head(state[0]))
+        maps = torch.cat(word_maps, dim=1)  # [B, T, h, w]
+        return ModelOutput(logits=maps[:, -1:], extras={"word_maps": maps})
+
+    def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """Logistic loss at feature resolution (eq. 6), padding pixels excluded."""
+        return bce(out.logits, batch.masks, batch.valid)

@@ -1,0 +1,329 @@
+"""HTTP server: ``POST /segment`` (photo + expressions → mask), the web page, health and samples.
+
+Built by :func:`create_app` around an already loaded segmenter, so tests drive it with
+FastAPI's ``TestClient`` and ``refseg serve`` runs it under uvicorn. Robustness rules:
+
+* the request body is limited (``Content-Length`` checked up front *and* bytes counted
+  while reading, by :class:`_BodyLimit`) → 413;
+* images with too many pixels are refused from their header, before decoding → 413;
+* empty, too long or too many expressions, and undecodable images → 422;
+* at most ``limits.queue_size`` requests are admitted at once (running + waiting);
+  more get 503 with ``Retry-After`` instead of piling up memory;
+* inference runs on one dedicated worker thread, never on the event loop, one request
+  at a time (torch already uses every core for one forward pass).
+
+Every error is JSON ``{"error": <kind>, "detail": <one-line message>}``.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from refseg.data.images import load_image
+from refseg.data.masks import encode_rle
+from refseg.errors import ImageError, ImageTooLargeError, RefsegError, TextError
+from refseg.io import png_bytes
+from refseg.samples import SAMPLES, get_sample
+from refseg.serve.limits import ServerLimits
+
+log = logging.getLogger("refseg.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+_ERROR_KINDS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    422: "invalid_input",
+    500: "internal_error",
+    503: "busy",
+}
+
+
+class PredictionLike(Protocol):
+    mask: np.ndarray
+    prob: np.ndarray
+    score: float
+    text: str
+    tokens: list[str]
+
+
+class SegmenterLike(Protocol):
+    """What the server needs from :class:`refseg.api.Segmenter`."""
+
+    def predict(
+        self, image: Any, text: str | list[str], threshold: float = 0.5, crf: bool = False
+    ) -> PredictionLike | list[PredictionLike]: ...
+
+
+def describe_model(segmenter: Any, source: str | Path | None, runtime: str) -> dict[str, Any]:
+    """What /health reports about a loaded :class:`refseg.api.Segmenter`."""
+    from refseg.engine.checkpoint import resolve_model_path
+
+    return {
+        "name": segmenter.model.name,
+        "checkpoint": resolve_model_path(source).name,
+        "runtime": runtime,
+        "image_size": segmenter.image_size,
+    }
+
+
+class _InputError(HTTPException):
+    """A request the server refuses, with its status code and one-line reason."""
+
+
+def create_app(
+    segmenter: SegmenterLike,
+    limits: ServerLimits | None = None,
+    model_info: dict[str, Any] | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``segmenter`` within ``limits``; ``model_info`` is shown by /health."""
+    limits = limits or ServerLimits()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refseg-inference")
+    admitted = 0  # requests inside /segment; only touched on the event loop thread
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        worker.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="refseg",
+        summary="Referring image segmentation: type a phrase, get the mask.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error while serving a request")
+        return _error(500, "internal error (see the server log)")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """200 with the model description once the model is loaded."""
+        return {
+            "status": "ok",
+            "model": model_info or {},
+            "queue": {"in_flight": admitted, "capacity": limits.queue_size},
+            "limits": asdict(limits),
+        }
+
+    @app.post("/segment")
+    async def segment(request: Request) -> Response:
+        """Multipart ``image`` (file) + ``text`` (repeatable) [+ ``threshold``, ``heatmap``].
+
+        Returns the 0/255 PNG mask at the photo's size (several texts: their union), or, with
+        ``Accept: application/json``, one result per expression (RLE mask, score, area, and the
+        probability map as a base64 PNG when ``heatmap=true``).
+        """
+        nonlocal admitted
+        if admitted >= limits.queue_size:
+            raise _InputError(503, "server busy: too many requests in the queue, retry shortly",
+                              headers={"Retry-After": "1"})
+        admitted += 1
+        try:
+            form = await request.form(max_files=1, max_fields=limits.max_texts + 8)
+            image_bytes, texts, threshold, want_heatmap = await _read_form(form, limits)
+            loop = asyncio.get_running_loop()
+            start = time.perf_counter()
+            rgb, predictions = await loop.run_in_executor(
+                worker, _infer, segmenter, image_bytes, texts, threshold, limits.max_pixels
+            )
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+        finally:
+            admitted -= 1
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse(
+                _json_result(rgb.shape[:2], predictions, threshold, want_heatmap, elapsed_ms)
+            )
+        union = np.logical_or.reduce([p.mask for p in predictions])
+        return Response(
+            png_bytes(union.astype(np.uint8) * 255),
+            media_type="image/png",
+            headers={"X-Refseg-Scores": ",".join(f"{p.score:.4f}" for p in predictions)},
+        )
+
+    @app.get("/samples")
+    async def samples() -> list[dict[str, Any]]:
+        """Names and suggested expressions of the bundled sample photos."""
+        return [
+            {"name": s.name, "expressions": list(s.expressions), "licence": s.licence} for s in SAMPLES
+        ]
+
+    @app.get("/samples/{name}")
+    async def sample(name: str) -> Response:
+        """A sample photo as PNG."""
+        if name not in {s.name for s in SAMPLES}:
+            raise _InputError(404, f"no sample photo named {name!r}; see GET /samples")
+        return Response(_sample_png(name), media_type="image/png",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with a JSON 413.
+
+    A declared ``Content-Length`` over the limit is refused before any byte is read; bodies
+    without one (chunked) are counted while the app reads them. Starlette's own body-limit
+    middleware answers in plain text, which would break the JSON error contract.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"upload is larger than the limit of {_megabytes(self.max_bytes)}"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _error(413, message)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.max_bytes:
+                    raise _InputError(413, message)
+            return event
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], float, bool]:
+    """Validate the multipart fields; raises 422 with a one-line reason."""
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise _InputError(422, "missing file field 'image': send multipart/form-data with 'image' and 'text'")
+    texts = [t for t in form.getlist("text")]
+    if not texts:
+        raise _InputError(422, "missing field 'text': give at least one expression")
+    if any(not isinstance(t, str) for t in texts):
+        raise _InputError(422, "field 'text' must be a string, not a file")
+    if len(texts) > limits.max_texts:
+        raise _InputError(422, f"too many expressions: {len(texts)} (limit {limits.max_texts})")
+    for text in texts:
+        if not text.strip():
+            raise _InputError(422, "expression is empty")
+        if len(text) > limits.max_text_chars:
+            raise _InputError(
+                422, f"expression is {len(text)} characters long (limit {limits.max_text_chars})"
+            )
+    threshold = _parse_float(form.get("threshold", "0.5"), "threshold")
+    if not 0.0 < threshold < 1.0:
+        raise _InputError(422, f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    heatmap = str(form.get("heatmap", "false")).strip().lower() in ("1", "true", "yes", "on")
+    image_bytes = await upload.read()
+    if not image_bytes:
+        raise _InputError(422, "image is empty (0 bytes)")
+    return image_bytes, [t.strip() for t in texts], threshold, heatmap
+
+
+def _infer(
+    segmenter: SegmenterLike, image_bytes: bytes, texts: list[str], threshold: float, max_pixels: int
+) -> tuple[np.ndarray, list[PredictionLike]]:
+    """Decode and segment (runs on the worker thread); user errors become HTTP errors."""
+    try:
+        rgb = load_image(image_bytes, max_pixels=max_pixels)
+        predictions = segmenter.predict(rgb, texts, threshold=threshold)
+    except ImageTooLargeError as exc:
+        raise _InputError(413, str(exc)) from None
+    except (ImageError, TextError) as exc:
+        raise _InputError(422, str(exc)) from None
+    except RefsegError as exc:
+        raise _InputError(400, str(exc)) from None
+    if not isinstance(predictions, Sequence):
+        predictions = [predictions]
+    return rgb, list(predictions)
+
+
+def _json_result(
+    size: tuple[int, int],
+    predictions: list[PredictionLike],
+    threshold: float,
+    heatmap: bool,
+    elapsed_ms: float,
+) -> dict[str, Any]:
+    height, width = size
+    results = []
+    for p in predictions:
+        area = int(p.mask.sum())
+        item = {
+            "text": p.text,
+            "tokens": list(p.tokens),
+            "score": round(float(p.score), 6),
+            "area": area,
+            "area_fraction": round(area / float(height * width), 6),
+            "rle": encode_rle(p.mask),
+        }
+        if heatmap:
+            gray = np.clip(np.rint(p.prob * 255.0), 0, 255).astype(np.uint8)
+            item["heatmap_png"] = base64.b64encode(png_bytes(gray)).decode("ascii")
+        results.append(item)
+    return {
+        "width": width,
+        "height": height,
+        "threshold": threshold,
+        "elapsed_ms": round(elapsed_ms, 1),
+        "results": results,
+    }
+
+
+def _parse_float(value, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _InputError(422, f"{name} must be a number, got {str(value)[:40]!r}") from None
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    kind = _ERROR_KINDS.get(status, "error")
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / (1024 * 1024):.3g} MB"
+
+
+@lru_cache(maxsize=None)
+def _sample_png(name: str) -> bytes:
+    return png_bytes(get_sample(name).load())

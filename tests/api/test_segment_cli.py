@@ -1,0 +1,117 @@
+"""`refseg segment` and `refseg demo`: outputs on success, exit 2 + one stderr line on bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refseg.cli import main
+from tiny_segmenter import red_square_photo, save_red_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return str(save_red_model(tmp_path_factory.mktemp("model"), image_size=96))
+
+
+@pytest.fixture()
+def photo(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    rgb, mask = red_square_photo(75, 121, (10, 20, 60, 90))
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(path, quality=95)
+    return path, mask
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def test_segment_writes_mask_overlay_and_heatmap(photo, model, tmp_path: Path, capsys) -> None:
+    image, target = photo
+    out, overlay, heat = tmp_path / "m.png", tmp_path / "o.png", tmp_path / "h.png"
+    code, stdout, _ = run(
+        ["segment", str(image), "the red box", "-o", str(out), "--overlay", str(overlay),
+         "--heatmap", str(heat), "--model", model], capsys)
+    assert code == 0
+    mask = np.asarray(Image.open(out))
+    assert mask.shape == target.shape and set(np.unique(mask)) <= {0, 255}
+    assert ((mask == 255) & target).sum() / ((mask == 255) | target).sum() > 0.9
+    for path in (overlay, heat):
+        assert Image.open(path).size == (121, 75)
+    assert stdout.count("\n") == 1 and "area" in stdout and "score" in stdout
+
+
+def test_segment_default_output_is_stem_mask_png_in_current_folder(photo, model, tmp_path, monkeypatch, capsys):
+    image, _ = photo
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    code, _, _ = run(["segment", str(image), "red", "--model", model], capsys)
+    assert code == 0
+    assert Image.open(workdir / "photo.mask.png").size == (121, 75)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing image", "not an image", "empty text", "output is a folder", "output folder missing", "missing model"],
+)
+def test_segment_bad_input_exits_2_with_one_line(case, photo, model, tmp_path: Path, capsys) -> None:
+    image, _ = photo
+    args = {"image": str(image), "text": "red", "out": str(tmp_path / "m.png"), "model": model}
+    if case == "missing image":
+        args["image"] = str(tmp_path / "nope.jpg")
+    elif case == "not an image":
+        (tmp_path / "fake.jpg").write_text("hello")
+        args["image"] = str(tmp_path / "fake.jpg")
+    elif case == "empty text":
+        args["text"] = "  "
+    elif case == "output is a folder":
+        args["out"] = str(tmp_path)
+    elif case == "output folder missing":
+        args["out"] = str(tmp_path / "no" / "such" / "m.png")
+    else:
+        args["model"] = str(tmp_path / "missing.safetensors")
+    code, stdout, stderr = run(
+        ["segment", args["image"], args["text"], "-o", args["out"], "--model", args["model"]], capsys)
+    assert code == 2
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_segment_threshold_out_of_range_is_a_usage_error(photo, model, capsys) -> None:
+    image, _ = photo
+    code, _, stderr = run(["segment", str(image), "red", "--threshold", "2", "--model", model], capsys)
+    assert code == 2 and "threshold" in stderr
+
+
+def test_demo_writes_gallery_and_overlays(model, tmp_path: Path, capsys) -> None:
+    from refseg.samples import SAMPLES
+
+    out = tmp_path / "demo"
+    code, stdout, _ = run(["demo", "--out", str(out), "--model", model], capsys)
+    assert code == 0
+    index = out / "index.html"
+    assert stdout.strip() == str(index)
+    html = index.read_text()
+    for sample in SAMPLES:
+        rgb = sample.load()
+        assert Image.open(out / f"{sample.name}.png").size == (rgb.shape[1], rgb.shape[0])
+        for k, expression in enumerate(sample.expressions):
+            assert (out / f"{sample.name}-{k}.overlay.png").is_file()
+            assert f'src="{sample.name}-{k}.overlay.png"' in html
+            assert expression.replace("'", "&#x27;") in html
+        assert (out / f"{sample.name}-0.words.png").is_file()  # the test model has word maps
+        assert (out / f"{sample.name}-0.attention.png").is_file()  # ... and word attention
+
+
+def test_demo_into_a_file_exits_2(model, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, stderr = run(["demo", "--out", str(blocker), "--model", model], capsys)
+    assert code == 2 and stderr.count("\n") == 1
