@@ -5,6 +5,7 @@ as ``refseg/weights/default.safetensors``.
 Run from the repository root::
 
     refseg train configs/bundled.yaml                              # the one documented training
+    python -m bench.bundled_model sweep configs/bundled_levers.yaml   # lever runs, one shared feature cache
     python -m bench.bundled_model references                       # whole image, category oracle
     python -m bench.bundled_model compare runs/bundled runs/bundled_lstm_cnn ...
     python -m bench.bundled_model ship runs/bundled                # → refseg/weights/default.safetensors
@@ -105,6 +106,53 @@ def ship(run: str | Path, items: Sequence[HumanDevItem] | None, out: Path = SHIP
     return path
 
 
+def sweep(plan_path: str | Path, only: Sequence[str] = ()) -> list[Path]:
+    """Train every variant of a lever plan (YAML) in this process; returns the run folders.
+
+    The plan names a ``base`` config (relative to the plan file) and ``variants``, each a ``name``,
+    an optional ``model`` mapping that replaces the base model, and ``overrides`` (``key=value``).
+    Runs whose frozen backbones give identical features (same backbone, output stride, last tap and
+    image size) share one :class:`~refseg.data.dataset.FeatureCache`, so EfficientNet features are
+    computed once per photo view for the whole sweep instead of once per run.
+    """
+    import torch
+    import yaml
+
+    from refseg.config import ModelConfig, apply_override, load_config
+    from refseg.data.dataset import FeatureCache
+    from refseg.engine.trainer import Trainer
+
+    plan_path = Path(plan_path)
+    plan = yaml.safe_load(plan_path.read_text(encoding="utf-8"))
+    base = plan_path.parent / plan["base"]
+    caches: dict[tuple, FeatureCache] = {}
+    runs = []
+    for variant in plan["variants"]:
+        if only and variant["name"] not in only:
+            continue
+        config = load_config(base, [f"train.out_dir={Path(plan['out_dir']) / variant['name']}"])
+        if "model" in variant:
+            kwargs = dict(variant["model"])
+            config.model = ModelConfig(name=kwargs.pop("name"), kwargs=kwargs)
+        for item in variant.get("overrides", []):
+            apply_override(config, item)
+        key = _feature_key(config)
+        if key not in caches:
+            caches[key] = FeatureCache(getattr(torch, config.data.cache_dtype))
+        print(f"== {variant['name']}: {config.model.name} {config.model.kwargs}", flush=True)
+        runs.append(Trainer(config, feature_cache=caches[key]).run())
+    return runs
+
+
+def _feature_key(config) -> tuple:
+    """What the cached backbone taps depend on: the frozen backbone as built, and the image size."""
+    from refseg.models import create_model
+
+    kwargs = {k: v for k, v in config.model.kwargs.items() if k not in ("vocab", "words")}  # text side only
+    backbone = create_model(config.model.name, **kwargs).backbone
+    return (backbone.name, backbone.output_stride, tuple(backbone.channels), config.data.image_size)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compare training runs and ship the bundled model.")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="the shared data folder")
@@ -113,11 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_parser = commands.add_parser("compare", help="synthesized val + human dev table of runs")
     compare_parser.add_argument("runs", nargs="+", type=Path)
     compare_parser.add_argument("--crf", action="store_true", help="also score with DenseCRF refinement")
+    sweep_parser = commands.add_parser("sweep", help="train the variants of a lever plan, one shared feature cache")
+    sweep_parser.add_argument("plan", type=Path)
+    sweep_parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default: all)")
     ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
     ship_parser.add_argument("run", type=Path)
     ship_parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
 
+    if args.command == "sweep":
+        for run in sweep(args.plan, args.only):
+            print(run)
+        return 0
     items = load_human_dev(args.data) if args.data.is_dir() else None
     if items is None and args.command != "ship":
         print(f"skipped: shared data folder not found at {args.data}")

@@ -2,6 +2,7 @@
 
     python bench/latency.py                       # the bundled model, 2 threads
     python bench/latency.py --model runs/x/best.safetensors --threads 4 --no-write
+    python bench/latency.py --config configs/bundled_lstm_cnn.yaml   # an architecture, before training
 
 Measures, in one process, on the "astronaut" sample photo (512 x 512, already decoded):
 
@@ -24,15 +25,19 @@ import time
 import warnings
 from datetime import date
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from refseg.api import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "performance.md"
 BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 EXPRESSION = "the woman in the orange suit"
+PREDICT_ONE, BACKBONE, PREDICT_TEN = "predict, 1 expression (end to end)", "backbone forward alone", "predict, 10 expressions"
 TEN_EXPRESSIONS = (
     "the woman", "the woman in the orange suit", "the astronaut", "her smiling face", "the flag",
     "the flag on the left", "the black helmet", "the helmet at the bottom right", "the shuttle model",
@@ -40,29 +45,48 @@ TEN_EXPRESSIONS = (
 )
 
 
-def interleaved_timings(fns: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, np.ndarray]:
-    """Wall-clock seconds of ``runs`` calls of each function after ``warmup`` untimed rounds.
+def interleaved_timings(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(wall seconds, process CPU seconds) of ``runs`` calls of each function after ``warmup`` rounds.
 
     The functions take turns (one call of each per round), so a change of machine load during
-    the measurement affects all of them alike and their ratios stay meaningful.
+    the measurement affects all of them alike and their ratios stay meaningful. CPU time (all
+    threads of this process) hardly depends on what else runs on the machine.
     """
-    out = {name: np.empty(runs) for name in fns}
+    wall = {name: np.empty(runs) for name in fns}
+    cpu = {name: np.empty(runs) for name in fns}
     for round_ in range(-warmup, runs):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if round_ >= 0:
-                out[name][round_] = time.perf_counter() - start
-    return out
+                wall[name][round_] = time.perf_counter() - start
+                cpu[name][round_] = time.process_time() - start_cpu
+    return {name: (wall[name], cpu[name]) for name in fns}
 
 
-def measure(model: str | None, image_size: int | None, runs: int, warmup: int) -> dict[str, object]:
+def load_segmenter(model: str | None, config: str | None, image_size: int | None) -> "Segmenter":
+    """A checkpoint (``model``), or the architecture of a training ``config`` with untrained head
+    weights: latency depends on the architecture only, so this times a model before it is trained."""
     from refseg.api import Segmenter
+
+    if config is None:
+        return Segmenter.from_pretrained(model, image_size=image_size)
+    from refseg.config import load_config
+    from refseg.engine.trainer import build_model
+
+    cfg = load_config(config)
+    model = build_model(cfg, list(TEN_EXPRESSIONS))  # `vocab: train` becomes these expressions' words
+    return Segmenter(model, image_size=image_size or cfg.data.image_size)
+
+
+def measure(seg: "Segmenter", source: str, runs: int, warmup: int) -> dict[str, object]:
     from refseg.data.transforms import Letterbox, to_tensor
     from refseg.postprocess.masks import logits_to_probability, probability_to_mask
     from refseg.samples import get_sample
 
-    seg = Segmenter.from_pretrained(model, image_size=image_size)
+    load = os.getloadavg()[0]
     sample = get_sample("astronaut")
     rgb = sample.load()
     texts = list(TEN_EXPRESSIONS)
@@ -81,22 +105,23 @@ def measure(model: str | None, image_size: int | None, runs: int, warmup: int) -
         return probability_to_mask(logits_to_probability(out.logits[0], box))
 
     stages = {
-        "predict, 1 expression (end to end)": lambda: seg.predict(rgb, EXPRESSION),
-        "backbone forward alone": lambda: seg.runner.encode_image(canvas),
+        PREDICT_ONE: lambda: seg.predict(rgb, EXPRESSION),
+        BACKBONE: lambda: seg.runner.encode_image(canvas),
         "pre-processing (letterbox + normalise)": preprocess,
         "text + fusion head (features given)": lambda: seg.runner.run(
             features, *seg.model.tokenize([EXPRESSION]), [EXPRESSION]
         ),
         "post-processing (to original size + threshold)": postprocess,
-        "predict, 10 expressions": lambda: seg.predict(rgb, texts),
+        PREDICT_TEN: lambda: seg.predict(rgb, texts),
     }
     with warnings.catch_warnings():  # a long sample expression may be truncated by small models
         warnings.simplefilter("ignore")
         rows = interleaved_timings(stages, runs, warmup)
     return {
         "rows": rows,
+        "load": load,
         "model": seg.model.name,
-        "checkpoint": model or "default (bundled)",
+        "checkpoint": source,
         "image_size": seg.image_size,
         "photo": f"{sample.name} {rgb.shape[1]}x{rgb.shape[0]}",
         "params": sum(p.numel() for p in seg.model.parameters()),
@@ -105,20 +130,24 @@ def measure(model: str | None, image_size: int | None, runs: int, warmup: int) -
 
 def report(result: dict[str, object], command: str) -> str:
     """Markdown section with the table, the targets and how to reproduce it."""
-    rows: dict[str, np.ndarray] = result["rows"]  # type: ignore[assignment]
-    ms = {name: (1000 * float(np.median(t)), 1000 * float(np.percentile(t, 90))) for name, t in rows.items()}
-    end_to_end, backbone = ms["predict, 1 expression (end to end)"][0], ms["backbone forward alone"][0]
-    per_second = 10 / float(np.median(rows["predict, 10 expressions"]))
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = result["rows"]  # type: ignore[assignment]
+    ms = {
+        name: (1000 * np.median(wall), 1000 * np.percentile(wall, 90), 1000 * np.median(cpu))
+        for name, (wall, cpu) in rows.items()
+    }
+    end_to_end, backbone = ms[PREDICT_ONE][0], ms[BACKBONE][0]
+    per_second = 10 / float(np.median(rows[PREDICT_TEN][0]))
     lines = [
         f"Measured {date.today().isoformat()} with `{command}`",
         f"on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs visible, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads).",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {result['load']:.1f} "
+        "before the run; the rows were timed in interleaved rounds so they saw the same load).",
         f"Model `{result['model']}` ({result['checkpoint']}, {result['params']:,} parameters), "
         f"canvas {result['image_size']} px, photo {result['photo']} (decoded array input).",
         "",
-        "| stage | median ms | p90 ms |",
-        "|---|---:|---:|",
-        *(f"| {name} | {med:.1f} | {p90:.1f} |" for name, (med, p90) in ms.items()),
+        "| stage | median ms | p90 ms | CPU ms (all threads, median) |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {med:.1f} | {p90:.1f} | {cpu:.1f} |" for name, (med, p90, cpu) in ms.items()),
         "",
         f"* **Expressions per second** (10 expressions, one photo, one backbone pass): **{per_second:.1f}**",
         f"* End to end / backbone alone: **{end_to_end / backbone:.2f} x** (target <= 1.3 x)",
@@ -140,7 +169,9 @@ def write_section(markdown: str, doc: Path = DOC) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="checkpoint or shipped name (default: bundled)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", default=None, help="checkpoint or shipped name (default: bundled)")
+    which.add_argument("--config", default=None, help="time the architecture of this training config (untrained)")
     parser.add_argument("--image-size", type=int, default=None, help="canvas side (default: the model's)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--runs", type=int, default=30)
@@ -148,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = measure(args.model, args.image_size, args.runs, args.warmup)
+    seg = load_segmenter(args.model, args.config, args.image_size)
+    source = f"architecture of {args.config}, untrained head" if args.config else args.model or "bundled"
+    result = measure(seg, source, args.runs, args.warmup)
     command = "python bench/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     markdown = report(result, command.strip())
     print(markdown)

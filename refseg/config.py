@@ -120,6 +120,7 @@ class TrainConfig:
     best_metric: Literal["mean_iou", "overall_iou"] = "mean_iou"
     low_res_epochs: int = 0  # two-stage schedule (paper 1 §4.2): low-res loss for N epochs
     log_every: int = 10  # steps between CSV rows
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at the end of each epoch only)
     progress: bool = True
     out_dir: str = ""  # default: runs/<config file stem>
 

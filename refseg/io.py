@@ -1,18 +1,36 @@
 """Atomic output files: write to a temporary file in the same folder, fsync, rename.
 
 A reader (or a crash) never sees a half-written file: either the old content or the new.
+The temporary file is ``.<name>.<pid>.<random>.tmp`` next to the target. A failed write
+removes it; a process killed mid-write (SIGKILL, power loss) cannot, so the next successful
+write of the same file removes the temporary files of writers that no longer run.
 """
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from refseg.errors import OutputError
+
+#: A leftover temporary file is only removed when it is at least this old (seconds), so that a
+#: writer on another machine sharing the folder (whose pid means nothing here) is never disturbed.
+STALE_TEMP_AGE_S = 60.0
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of new files: what ``open()`` would give (mkstemp alone would give 0600).
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
 
 
 def _check_target(path: Path) -> None:
@@ -27,29 +45,83 @@ def _check_target(path: Path) -> None:
         raise OutputError(f"output folder is not writable: {parent}")
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (write + fsync + rename); returns the path."""
+    """Write ``data`` to ``path`` atomically (write + fsync + rename); returns the path.
+
+    Raises :class:`OutputError` (one line) when the folder is missing or not writable, the path is
+    a directory, or the write fails (disk full, ...); the previous content of ``path`` is then intact.
+    """
     path = Path(path)
     _check_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else _NEW_FILE_MODE
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_dir(path.parent)
+    remove_stale_temp_files(path)
     return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temp_files(path: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove temporary files of ``path`` left by killed writers; returns what was removed.
+
+    A temporary file is stale when the process that wrote it no longer runs and it has not
+    been modified for ``min_age_s`` seconds.
+    """
+    path = Path(path)
+    prefix = _temp_prefix(path)
+    removed = []
+    now = time.time()
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        pid = candidate.name[len(prefix) :].split(".", 1)[0]
+        try:
+            if not pid.isdigit() or _process_alive(int(pid)) or now - candidate.stat().st_mtime < min_age_s:
+                continue
+            candidate.unlink()
+        except OSError:
+            continue
+        removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -27,8 +27,16 @@ def _register_commands() -> None:
         module.register(app)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. an expression cut to the model's length) as one ``warning: ...`` line."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``refseg`` script and ``python -m refseg``."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     _register_commands()
     try:
         app(args=argv, standalone_mode=False)

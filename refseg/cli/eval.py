@@ -115,10 +115,10 @@ def _score(console, samples, model_name, pred_dir, save_pred, crf, threshold, im
     from rich.progress import Progress
 
     from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate
+    from refseg.engine.evaluator import evaluate, model_image_size
 
     model, meta = load_model(model_name, device=device)
-    size = image_size or int(meta.get("image_size") or model.config.get("image_size", 320))
+    size = image_size or model_image_size(model, meta)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"evaluating {model.name} at {size} px", total=len(samples))
         accumulator = evaluate(

@@ -1,10 +1,19 @@
 """`refseg segment` (one photo, one phrase → mask PNG) and `refseg demo` (sample gallery)."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+
+class Runtime(str, Enum):
+    """What executes the network (``refseg.api.RUNTIMES``)."""
+
+    torch = "torch"
+    onnx = "onnx"
+
 
 _MODEL_HELP = "Checkpoint file, run folder or shipped model name (default: the bundled model)."
 
@@ -26,7 +35,7 @@ def segment(
     crf: bool = typer.Option(False, "--crf", help="Refine the mask with DenseCRF (extra 'crf')."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Probability threshold."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx."),
+    runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help="Run the network with torch or onnxruntime."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
 ) -> None:
     """Segment the object TEXT refers to in IMAGE and write its mask as a PNG."""
@@ -44,7 +53,7 @@ def segment(
         if not path.parent.is_dir():
             raise OutputError(f"output folder does not exist: {path.parent}")
     rgb = load_image(image)
-    segmenter = Segmenter.from_pretrained(model, runtime=runtime, image_size=image_size)
+    segmenter = Segmenter.from_pretrained(model, runtime=runtime.value, image_size=image_size)
     pred = segmenter.predict(rgb, text, threshold=threshold, crf=crf)
     save_mask_png(output, pred.mask)
     if overlay is not None:

@@ -75,17 +75,58 @@ def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
     """COCO instances / panoptic / CamVid regions → synthesized expressions (paper 2 §2.2) — or,
     with ``synthesize: 0``, one category-name expression per category — plus caption-grounded
     expressions when ``captions`` is set."""
+    from refseg.data.captions import ground_captions
+    from refseg.data.coco import _sample as region_sample
     from refseg.data.coco import region_samples
 
     rng = np.random.default_rng(spec.seed)
     samples: list[RefSample] = []
     for item in _region_images(spec, root):
-        samples.extend(region_samples(item, spec.synthesize, rng))
+        part = region_samples(item, spec.synthesize, rng)
         if spec.captions and item.captions:
-            from refseg.data.captions import caption_samples
-
-            samples.extend(caption_samples(item))
+            by_id = {r.id: r for r in item.regions}
+            for k, expression in enumerate(ground_captions(item.captions, item.regions)):
+                regions = [by_id[i] for i in expression.region_ids]
+                part.append(region_sample(item, f"cap{k}", expression.text, regions, expression.kind))
+        labelled = category_regions(item.regions, spec.kind)
+        for sample in part:
+            sample.meta[CATEGORY_REGIONS] = labelled  # one list shared by the photo's samples
+        samples.extend(part)
     return samples
+
+
+#: ``RefSample.meta`` key: ``[(label, RLE), ...]`` of every region of the photo, where ``label``
+#: indexes :data:`refseg.models.categories.SEGMENTATION_CATEGORIES` (LSTM-CNN+ category head).
+CATEGORY_REGIONS = "category_regions"
+
+
+def category_regions(regions: list, kind: str) -> list[tuple[int, dict]]:
+    """Per-region category labels (COCO ids or CamVid classes → segmentation label space) + RLE."""
+    from refseg.data.masks import encode_rle
+    from refseg.models.categories import CAMVID_TO_SEGMENTATION, COCO_ID_TO_SEGMENTATION
+
+    out = []
+    for region in regions:
+        if kind == "camvid":
+            label = CAMVID_TO_SEGMENTATION[region.category_id]
+        else:
+            label = COCO_ID_TO_SEGMENTATION.get(region.category_id, -1)
+        if label >= 0:
+            out.append((label, encode_rle(region.mask)))
+    return out
+
+
+def category_map(sample: RefSample, shape: tuple[int, int]) -> np.ndarray | None:
+    """int32 [H, W] category labels of the photo (-1 = unlabelled), or None when unknown."""
+    labelled = sample.meta.get(CATEGORY_REGIONS)
+    if labelled is None:
+        return None
+    from refseg.data.masks import decode_mask
+
+    labels = np.full(shape, -1, dtype=np.int32)
+    for label, rle in labelled:
+        labels[decode_mask(rle, shape)] = label
+    return labels
 
 
 def _region_images(spec: "DatasetSpec", root: Path):
@@ -122,10 +163,11 @@ def mirror_text(text: str) -> str:
     return _MIRROR_RE.sub(swap, text)
 
 
-def _crop_keeping_target(
-    rgb: np.ndarray, mask: np.ndarray, scale: tuple[float, float], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random crop with the image's aspect ratio, side fraction in ``scale``, containing the whole target."""
+def crop_window(
+    mask: np.ndarray, scale: tuple[float, float], rng: np.random.Generator
+) -> tuple[slice, slice] | None:
+    """A random crop (rows, columns) with the image's aspect ratio and side fraction in ``scale``
+    that contains the whole target; None when the drawn size cannot hold the target."""
     h, w = mask.shape
     s = rng.uniform(*scale)
     ch, cw = max(1, round(h * s)), max(1, round(w * s))
@@ -133,13 +175,13 @@ def _crop_keeping_target(
     if ys.size:
         y_lo, y_hi = max(0, ys.max() + 1 - ch), min(ys.min(), h - ch)
         x_lo, x_hi = max(0, xs.max() + 1 - cw), min(xs.min(), w - cw)
-        if y_lo > y_hi or x_lo > x_hi:  # the target does not fit in this crop
-            return rgb, mask
+        if y_lo > y_hi or x_lo > x_hi:
+            return None
     else:
         y_lo, y_hi, x_lo, x_hi = 0, h - ch, 0, w - cw
     y0 = int(rng.integers(y_lo, y_hi + 1))
     x0 = int(rng.integers(x_lo, x_hi + 1))
-    return rgb[y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw]
+    return slice(y0, y0 + ch), slice(x0, x0 + cw)
 
 
 def _paste_instance(
@@ -173,6 +215,18 @@ def _paste_instance(
 
 
 # --------------------------------------------------------------------------- dataset
+
+
+def letterbox_labels(labels: np.ndarray, box: Letterbox) -> np.ndarray:
+    """int [H, W] labels → int64 [S, S] on the canvas (nearest neighbour; padding = -1)."""
+    from PIL import Image
+
+    canvas = np.full((box.size, box.size), -1, dtype=np.int64)
+    resized = Image.fromarray(np.ascontiguousarray(labels, dtype=np.int32)).resize(
+        (box.inner_w, box.inner_h), Image.NEAREST
+    )
+    canvas[: box.inner_h, : box.inner_w] = np.asarray(resized)
+    return canvas
 
 
 def image_key(sample: RefSample) -> str:
@@ -225,6 +279,7 @@ class RefDataset(Dataset):
         sample = self.samples[index]
         rgb = sample.load_image()
         mask = sample.load_mask(rgb.shape[:2])
+        labels = category_map(sample, rgb.shape[:2])
         text = sample.sentence
         flip = False
         pasted = False
@@ -236,10 +291,15 @@ class RefDataset(Dataset):
                 if pasted_view is not None:
                     rgb, mask, text = pasted_view
                     pasted = True
-            if draws[1] < self.augment.crop:
-                rgb, mask = _crop_keeping_target(rgb, mask, self.augment.scale, rng)
+                    if labels is not None:
+                        labels = np.where(mask, -1, labels)  # the pasted pixels are not labelled
+            window = crop_window(mask, self.augment.scale, rng) if draws[1] < self.augment.crop else None
+            if window is not None:
+                rgb, mask = rgb[window], mask[window]
+                labels = None if labels is None else labels[window]
             if draws[2] < self.augment.hflip:
                 rgb, mask, text, flip = rgb[:, ::-1], mask[:, ::-1], mirror_text(text), True
+                labels = None if labels is None else labels[:, ::-1]
         box = Letterbox(rgb.shape[0], rgb.shape[1], self.image_size)
         item: dict[str, Any] = {
             "index": index,
@@ -249,6 +309,7 @@ class RefDataset(Dataset):
             "mask": torch.from_numpy(box.mask(np.ascontiguousarray(mask))).float()[None],
             "valid": torch.from_numpy(box.valid()).float()[None],
             "image": None if self.cached else to_tensor(box.image(np.ascontiguousarray(rgb))),
+            "categories": None if labels is None else torch.from_numpy(letterbox_labels(labels, box)),
         }
         if self.with_targets:
             item["target"] = None if sample.mask is None else mask
@@ -306,6 +367,12 @@ class Collator:
             masks=torch.stack([it["mask"] for it in items]),
             valid=torch.stack([it["valid"] for it in items]),
         )
+        if any(it["categories"] is not None for it in items):
+            size = items[0]["mask"].shape[-1]
+            unlabelled = torch.full((size, size), -1, dtype=torch.long)
+            batch.categories = torch.stack(
+                [it["categories"] if it["categories"] is not None else unlabelled for it in items]
+            )
         return Collated(
             batch=batch,
             indices=[it["index"] for it in items],

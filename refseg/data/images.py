@@ -1,70 +1,107 @@
-"""Safe image decoding: every image that enters refseg goes through :func:`load_image`."""
+"""Safe image decoding: every image that enters refseg goes through :func:`load_image`.
+
+Untrusted files are handled defensively:
+
+* only common raster formats are opened (:data:`FORMATS`); PostScript/EPS, which Pillow would
+  hand to Ghostscript, and other exotic decoders are refused;
+* the pixel count is read from the header and checked against ``max_pixels`` *before* any pixel
+  is decoded, so a small file claiming 50 000 x 50 000 pixels costs nothing;
+* anything a decoder raises on a malformed file becomes a one-line :class:`ImageError`.
+"""
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from refseg.errors import ImageError, ImageTooLargeError
+from refseg.errors import ImageError, ImageTooLargeError, RefsegError
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
 
 #: Images with more pixels than this are refused before decoding (decompression bombs).
 MAX_PIXELS = 40_000_000
 
+#: Pillow formats refseg decodes (JPEG includes the MPO files of phone cameras). Others are refused.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
 
 def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a path, bytes, PIL image or array into RGB uint8 [H, W, 3].
 
     EXIF orientation is applied (the mask follows the displayed image); grayscale,
-    palette, RGBA, CMYK and 16-bit inputs are converted. Raises :class:`ImageError`
-    with a one-line reason for anything that is not a readable image.
+    palette, RGBA/LA (composited on white), CMYK and 16-bit (scaled by 1/257) inputs are
+    converted. Raises :class:`ImageTooLargeError` for more than ``max_pixels`` pixels and
+    :class:`ImageError` with a one-line reason for anything that is not a readable image.
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source)
     if isinstance(source, Image.Image):
-        return _pil_to_rgb(source, max_pixels)
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
+        return _decode(lambda: source, "image", max_pixels, owned=False)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
             raise ImageError("image is empty (0 bytes)")
-        return _open(io.BytesIO(source), "uploaded image", max_pixels)
+        data = bytes(source)
+        return _decode(lambda: Image.open(io.BytesIO(data), formats=FORMATS), "uploaded image", max_pixels)
+    if not isinstance(source, (str, Path)):
+        raise ImageError(f"expected an image path, bytes, PIL image or array, got {type(source).__name__}")
     path = Path(source)
-    if not path.exists():
-        raise ImageError(f"image not found: {path}")
-    if path.is_dir():
-        raise ImageError(f"image path is a directory: {path}")
-    if path.stat().st_size == 0:
-        raise ImageError(f"image is empty (0 bytes): {path}")
-    return _open(path, str(path), max_pixels)
-
-
-def _open(fp, name: str, max_pixels: int) -> np.ndarray:
     try:
-        with Image.open(fp) as im:
+        if not path.exists():
+            raise ImageError(f"image not found: {path}")
+        if path.is_dir():
+            raise ImageError(f"image path is a directory: {path}")
+        if path.stat().st_size == 0:
+            raise ImageError(f"image is empty (0 bytes): {path}")
+    except (OSError, ValueError) as exc:  # e.g. a name that is too long or holds a NUL byte
+        raise ImageError(f"cannot read image {str(path)[:200]}: {_first_line(exc)}") from None
+    return _decode(lambda: Image.open(path, formats=FORMATS), str(path), max_pixels)
+
+
+def _decode(
+    open_image: Callable[[], Image.Image], name: str, max_pixels: int, owned: bool = True
+) -> np.ndarray:
+    """Open (header only), check the size, then decode; every decoder failure → ImageError.
+
+    ``owned``: the image was opened here and is closed here (not a caller's PIL image).
+    """
+    Image.init()  # registers every plugin once (Image.open(formats=...) expects them registered)
+    try:
+        im = open_image()
+        try:
             if im.width * im.height > max_pixels:
                 raise ImageTooLargeError(
-                    f"{name} is {im.width}x{im.height} pixels, over the limit of {max_pixels:,}"
+                    f"{name} is too large: {im.width}x{im.height} pixels, over the limit of {max_pixels:,}"
                 )
             im.load()
-            return _pil_to_rgb(im, max_pixels)
+            return _pil_to_rgb(im)
+        finally:
+            if owned:
+                im.close()
+    except RefsegError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name} is too large: {_first_line(exc)}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not a readable image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name} could not be decoded: {str(exc).splitlines()[0]}") from None
+        raise ImageError(f"{name} is not a readable image (supported: {', '.join(FORMATS)})") from None
+    except MemoryError:
+        raise ImageTooLargeError(f"{name} needs more memory to decode than is available") from None
+    except Exception as exc:  # Pillow's parsers raise many types on malformed files (OSError, SyntaxError, ...)
+        raise ImageError(f"{name} could not be decoded: {_first_line(exc)}") from None
 
 
-def _pil_to_rgb(im: Image.Image, max_pixels: int) -> np.ndarray:
-    if im.width * im.height > max_pixels:
-        raise ImageTooLargeError(f"image is {im.width}x{im.height} pixels, over the limit of {max_pixels:,}")
+def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(im, dtype=np.float64)
-        hi = arr.max() if arr.size and arr.max() > 255 else 255.0
-        return _array_to_rgb((arr / hi * 255.0).round().astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        if arr.size and arr.max() > 255:  # 16-bit range (8-bit data stored as "I" is kept as is)
+            arr = arr / 257.0
+        return _array_to_rgb(np.clip(arr, 0, 255).round().astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
@@ -73,14 +110,24 @@ def _pil_to_rgb(im: Image.Image, max_pixels: int) -> np.ndarray:
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
+        arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or min(arr.shape[:2]) < 1:
         raise ImageError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ImageError(f"image array must hold numbers, got dtype {arr.dtype}")
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError("image array contains NaN or infinite values")
+        if arr.size and arr.max() <= 1.0:
             arr = arr * 255.0
         arr = np.clip(arr, 0, 255).round().astype(np.uint8)
     return np.ascontiguousarray(arr)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from refseg.errors import CheckpointError
+from refseg.errors import CheckpointError, RefsegError
 from refseg.io import atomic_write_bytes
 from refseg.models.base import RefSegModel, create_model
 
@@ -36,15 +37,10 @@ def save_model(
 
     ``half=True`` stores floating-point weights as float16 (they are cast back on load).
     """
-    skip = tuple(model.checkpoint_exclude())
-    tensors = {}
-    for key, value in model.state_dict().items():
-        if skip and key.startswith(skip):
-            continue
-        value = value.detach().to("cpu").clone().contiguous()
-        if half and value.is_floating_point():
-            value = value.half()
-        tensors[key] = value
+    tensors = {
+        key: value.half() if half and value.is_floating_point() else value
+        for key, value in saved_tensors(model).items()
+    }
     metadata = {
         "format": FORMAT,
         "model": model.name,
@@ -52,6 +48,16 @@ def save_model(
         "meta": json.dumps(meta or {}),
     }
     return atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def saved_tensors(model: RefSegModel) -> dict[str, torch.Tensor]:
+    """CPU copies of the state dict minus the parts listed by ``model.checkpoint_exclude()``."""
+    skip = tuple(model.checkpoint_exclude())
+    return {
+        key: value.detach().to("cpu").clone().contiguous()
+        for key, value in model.state_dict().items()
+        if not (skip and key.startswith(skip))
+    }
 
 
 def resolve_model_path(name_or_path: str | Path | None) -> Path:
@@ -100,27 +106,51 @@ def load_model(
     """Rebuild a model from a checkpoint path or shipped name; returns ``(model in eval mode, meta)``."""
     path = resolve_model_path(name_or_path)
     header = read_header(path)
-    model = create_model(header["model"], **header["config"])
+    model = _build(path, header)
     try:
         with safe_open(str(path), framework="pt") as f:
             state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated: {_first_line(exc)}") from None
-    skip = tuple(model.checkpoint_exclude())
-    expected = {k for k in model.state_dict() if not (skip and k.startswith(skip))}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match architecture {header['model']!r}: "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    try:
-        model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path} does not match architecture {header['model']!r}: {_first_line(exc)}"
-        ) from None
+    problem = _mismatch(model, state)
+    if problem:
+        raise CheckpointError(f"{path} does not match architecture {header['model']!r}: {problem}")
+    model.load_state_dict(state, strict=False)
     return model.to(device).eval(), header["meta"]
+
+
+def _mismatch(model: RefSegModel, state: dict[str, torch.Tensor]) -> str:
+    """How ``state`` differs from what ``model`` stores (names and shapes); empty when it fits."""
+    skip = tuple(model.checkpoint_exclude())
+    expected = {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:2])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2])})")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} of another shape (e.g. {key}: {list(state[key].shape)} in the file, "
+            f"{list(expected[key].shape)} in the model)"
+        )
+    return "; ".join(problems)
+
+
+def _build(path: Path, header: dict[str, Any]) -> RefSegModel:
+    """The (untrained) model a header describes; a name or config this refseg cannot build → CheckpointError."""
+    name, config = header["model"], header["config"]
+    if not isinstance(name, str) or not isinstance(config, dict):
+        raise CheckpointError(f"{path} has corrupt metadata: model must be a name and config a mapping")
+    try:
+        return create_model(name, **config)
+    except RefsegError as exc:
+        raise CheckpointError(f"{path} cannot be rebuilt: {_first_line(exc)}") from None
+    except (TypeError, ValueError, KeyError) as exc:  # a config from another refseg version
+        raise CheckpointError(f"{path} has a config that model {name!r} does not accept: {_first_line(exc)}") from None
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
@@ -136,9 +166,16 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"training state not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise CheckpointError(f"{path} cannot be loaded safely: {_first_line(exc)}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a global: loading it could run code
+        raise CheckpointError(
+            f"{path} cannot be loaded safely: it holds objects other than tensors and plain containers"
+        ) from None
+    except Exception as exc:  # RuntimeError, EOFError, zipfile errors, ... on corrupt files
+        raise CheckpointError(f"{path} is corrupt or truncated: {_first_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a training state (it holds a {type(state).__name__})")
+    return state
 
 
 def _first_line(exc: BaseException) -> str:

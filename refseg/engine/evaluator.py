@@ -22,9 +22,9 @@ from refseg.models.base import RefSegModel
 from refseg.postprocess.masks import DEFAULT_THRESHOLD, postprocess
 
 
-def model_image_size(model: RefSegModel, default: int = 320) -> int:
-    """The canvas size a model was trained at (``image_size`` in its config), else ``default``."""
-    return int(model.config.get("image_size", default))
+def model_image_size(model: RefSegModel, meta: dict, default: int = 320) -> int:
+    """The canvas size a model was trained at (checkpoint metadata or model config), else ``default``."""
+    return int(meta.get("image_size") or model.config.get("image_size") or default)
 
 
 @torch.inference_mode()

@@ -5,8 +5,10 @@
 * ``config.yaml`` — the resolved config;
 * ``train.csv`` (epoch, step, loss, lr, running IoU) and ``val.csv`` (validation metrics);
 * ``last.safetensors`` + ``last_state.pt`` (optimiser, scheduler, python/numpy/torch RNG states,
-  epoch, batches done, best metric) after every epoch, and ``best.safetensors`` when the
-  validation metric improves — all written atomically, by rank 0 only.
+  epoch, batches done, best metric, and the weights again) after every epoch and every
+  ``train.checkpoint_every`` steps, and ``best.safetensors`` when the validation metric
+  improves — all written atomically, by rank 0 only. A crash between the two files is harmless:
+  resume takes the weights from ``last_state.pt``.
 
 Resume is exact: the data order of an epoch is a function of ``(seed, epoch)``
 (:class:`~torch.utils.data.DistributedSampler`), augmentation a function of ``(seed, epoch,
@@ -109,7 +111,8 @@ def import_plugins(config: Config) -> None:
 
 def build_model(config: Config, train_texts: list[str]) -> RefSegModel:
     """``create_model(config.model.name, **kwargs)`` after checking the kwargs against the
-    constructor chain. ``vocab: train`` is replaced by the vocabulary of ``train_texts``."""
+    constructor chain. ``vocab: train`` becomes the vocabulary of ``train_texts`` and
+    ``words: train`` (per-word baseline) their ``num_words`` most frequent words."""
     import_plugins(config)
     from refseg.models import base
 
@@ -131,6 +134,10 @@ def build_model(config: Config, train_texts: list[str]) -> RefSegModel:
         from refseg.models.text import Vocab
 
         kwargs["vocab"] = Vocab.build(train_texts).to_list()
+    if kwargs.get("words") == "train":  # per-word baseline: the N most frequent training words
+        from refseg.models.text import most_frequent_words
+
+        kwargs["words"] = most_frequent_words(train_texts, int(kwargs.get("num_words", 500)))
     try:
         return create_model(config.model.name, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -301,8 +308,17 @@ def resolve_resume(resume: str | Path) -> Path:
 class Trainer:
     """One training run (see the module docstring). Use :func:`train` for the common case."""
 
-    def __init__(self, config: Config, resume: str | Path | None = None, console: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        resume: str | Path | None = None,
+        console: Any = None,
+        feature_cache: FeatureCache | None = None,
+    ) -> None:
+        """``feature_cache`` may be shared by runs whose models have the same frozen backbone and
+        image size (e.g. a benchmark of several heads); by default each run has its own."""
         self.config = config
+        self.shared_cache = feature_cache
         self.resume_state = resolve_resume(resume) if resume is not None else None
         self.out_dir = self.resume_state.parent if self.resume_state else Path(config.train.out_dir or "runs/run")
         self.runtime = setup_runtime(config)
@@ -346,7 +362,9 @@ class Trainer:
         model.train()
         cache = None
         if cfg.data.cache_features and model.backbone_frozen:
-            cache = FeatureCache(torch.float16 if cfg.data.cache_dtype == "float16" else torch.float32)
+            cache = self.shared_cache
+            if cache is None:
+                cache = FeatureCache(torch.float16 if cfg.data.cache_dtype == "float16" else torch.float32)
         dataset = RefDataset(
             self.train_samples, cfg.data.image_size, cfg.data.augment, cfg.train.seed, cached=cache is not None
         )
@@ -395,6 +413,9 @@ class Trainer:
             loader = DataLoader(
                 dataset, batch_size=cfg.train.batch_size, sampler=indices, collate_fn=collate,
                 num_workers=cfg.train.workers,
+                # its own generator: creating the iterator must not draw from the global torch RNG,
+                # or a mid-epoch resume would see different dropout than the uninterrupted run
+                generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch),
             )
             batches_done = skip_batches
             skip_batches = 0
@@ -416,7 +437,8 @@ class Trainer:
                         scaler.step(optimizer)
                         scaler.update()
                     lr = optimizer.param_groups[0]["lr"]
-                    scheduler.step()
+                    if loss.requires_grad:
+                        scheduler.step()
                     step += 1
                     batches_done += 1
                     ious = batch_ious(logits, batch)
@@ -435,6 +457,9 @@ class Trainer:
                         window_loss, window_iou, window_n = 0.0, 0.0, 0
                     if step >= total_steps:
                         break
+                    every_n = cfg.train.checkpoint_every
+                    if every_n and step % every_n == 0 and batches_done < steps_per_epoch:
+                        self._save(model, optimizer, scheduler, scaler, epoch, batches_done, step, best, None, False)
             finished_epoch = batches_done >= steps_per_epoch
             last = step >= total_steps
             metrics = None
@@ -469,6 +494,7 @@ class Trainer:
         from refseg.engine.evaluator import evaluate
 
         rt = self.runtime
+        saved_rng = rng_state()  # validation must not change the training run's random draws
         shard = self.val_samples[rt.rank :: rt.world]
         if cache is not None:
             self._fill_cache(cache, model, RefDataset(shard, self.config.data.image_size, cached=True), "validation")
@@ -476,7 +502,9 @@ class Trainer:
             model, shard, self.config.data.image_size, batch_size=self.config.train.eval_batch_size,
             device=rt.device, feature_cache=cache, autocast=rt.autocast,
         )
-        return accumulator.gather().summary()
+        summary = accumulator.gather().summary()
+        set_rng_state(saved_rng)
+        return summary
 
     def _fill_cache(self, cache: FeatureCache, model: RefSegModel, dataset: RefDataset, what: str) -> None:
         todo = sum(1 for view, _ in dataset.views() if view not in cache)
@@ -520,7 +548,7 @@ class Trainer:
     def _save(self, model, optimizer, scheduler, scaler, epoch, skip, step, best, metrics, improved) -> None:
         if not self.runtime.is_main:
             return
-        from refseg.engine.checkpoint import save_model, save_training_state
+        from refseg.engine.checkpoint import save_model, save_training_state, saved_tensors
 
         meta = {
             "epoch": epoch, "step": step, "image_size": self.config.data.image_size,
@@ -534,6 +562,8 @@ class Trainer:
             "epoch": epoch, "skip_batches": skip, "step": step, "best": float(best),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(),
+            # the weights again, so that a kill between the two files cannot pair new weights with an old state
+            "model": saved_tensors(model),
         })
 
     def _saved_model(self) -> RefSegModel:
@@ -557,6 +587,8 @@ class Trainer:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if "model" in state:
+            model.load_state_dict(state["model"], strict=False)
         return int(state["epoch"]), int(state["skip_batches"]), int(state["step"]), float(state["best"])
 
 

@@ -127,8 +127,9 @@ def export_onnx(
             failures.append(f"{_describe(layout)}: max |difference| {diff:.2e} > {TOLERANCE}")
             continue
         proto = onnx.load_from_string(graph)
-        if not layout.dynamic_words:
-            proto.graph.input[INPUTS.index("tokens")].type.tensor_type.shape.dim[1].dim_value = max_tokens
+        for graph_input in proto.graph.input:  # inputs the model ignores were pruned by the exporter
+            if graph_input.name == "tokens" and not layout.dynamic_words:
+                graph_input.type.tensor_type.shape.dim[1].dim_value = max_tokens
         onnx.helper.set_model_props(proto, {
             "refseg_model": model.name,
             "refseg_config": json.dumps(model.config),

@@ -63,7 +63,7 @@ class PerWordBaseline(BackboneModel):
     expression's words are combined by ``combine``: ``"average"`` of their scores,
     ``"intersection"`` (min: every word's prediction must be on) or ``"union"`` (max). An
     expression without any of the N words predicts background everywhere. Paper: N = 500.
-    Output: logits [B, 1, h, w] at feature resolution, ``extras["word_logits"]`` [B, N, h, w].
+    Output: logits [B, 1, S, S]; ``extras["word_logits"]`` [B, N, h, w].
     """
 
     def __init__(
@@ -109,9 +109,30 @@ class PerWordBaseline(BackboneModel):
         return torch.where(has_word, combined, torch.full_like(combined, -CONFIDENT_LOGIT)).unsqueeze(1)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        word_logits = self.head(self.image_features(batch)[-1])
+        visual = self.image_features(batch)[-1]
+        word_logits = self.head(visual)
         present = self.present_words(batch.tokens, batch.lengths)
-        return ModelOutput(self.combine(word_logits, present), {"word_logits": word_logits, "present": present})
+        # The expression's words first (at most T of them); their maps are upsampled to the
+        # canvas as FCN-32s does (fixed bilinear interpolation), then combined.
+        k = min(batch.tokens.shape[1], word_logits.shape[1])
+        order = present.topk(k, dim=1).indices  # present words first (top-k exports to ONNX)
+        on = present.gather(1, order)
+        h, w = word_logits.shape[-2:]
+        stride = self.backbone.strides[-1]
+        canvas = self.canvas_size(batch, visual, stride)
+        maps = word_logits.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
+        maps = F.interpolate(maps, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
+        maps = maps[..., :canvas, :canvas]
+        extras = {"word_logits": word_logits, "present": present, "present_maps": maps, "present_on": on}
+        return ModelOutput(self.combine(maps, on), extras)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
-        return multilabel_logistic(out.extras["word_logits"], out.extras["present"], batch.masks, batch.valid)
+        """Multi-label logistic loss over all N words: the expression's words at canvas
+        resolution, the absent ones (all-background labels) at feature resolution."""
+        word_logits, present = out.extras["word_logits"], out.extras["present"]
+        on = out.extras["present_on"]
+        words_present = multilabel_logistic(out.extras["present_maps"], on, batch.masks, batch.valid, word_weight=on)
+        words_absent = multilabel_logistic(
+            word_logits, torch.zeros_like(present), batch.masks, batch.valid, word_weight=1 - present
+        )
+        return (words_present + words_absent) / word_logits.shape[1]

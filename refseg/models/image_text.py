@@ -27,12 +27,16 @@ class BackboneModel(RefSegModel):
         pretrained: bool = True,
         output_stride: int = 32,
         freeze_backbone: bool = True,
+        backbone_last: str = "head",
         **config: Any,
     ) -> None:
         super().__init__(
-            backbone=backbone, pretrained=pretrained, output_stride=output_stride, freeze_backbone=freeze_backbone, **config
+            backbone=backbone, pretrained=pretrained, output_stride=output_stride, freeze_backbone=freeze_backbone,
+            backbone_last=backbone_last, **config
         )
-        self.backbone = Backbone(backbone, pretrained=pretrained, output_stride=output_stride, freeze=freeze_backbone)
+        self.backbone = Backbone(
+            backbone, pretrained=pretrained, output_stride=output_stride, freeze=freeze_backbone, last=backbone_last
+        )
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         return self.backbone(images)

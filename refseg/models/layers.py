@@ -30,7 +30,9 @@ def coord_channels(h: int, w: int, kind: str = "2d", device=None, dtype=torch.fl
         raise ValueError(f"coordinate kind must be one of {sorted(COORD_KINDS)}, got {kind!r}")
     if kind == "2d":
         def axis(n: int) -> Tensor:  # a single cell sits at the centre
-            return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1 else torch.zeros(1, device=device, dtype=dtype)
+            if n == 1:
+                return torch.zeros(1, device=device, dtype=dtype)
+            return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype)
 
         y, x = torch.meshgrid(axis(h), axis(w), indexing="ij")
         return torch.stack([x, y]).unsqueeze(0)

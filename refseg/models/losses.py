@@ -58,14 +58,26 @@ def bce(logits: Tensor, masks: Tensor | None, valid: Tensor | None = None, resiz
 
 
 def multilabel_logistic(
-    word_logits: Tensor, present: Tensor, masks: Tensor | None, valid: Tensor | None = None, resize: str = "area"
+    word_logits: Tensor,
+    present: Tensor,
+    masks: Tensor | None,
+    valid: Tensor | None = None,
+    pos_weight: float = 3.0,
+    word_weight: Tensor | None = None,
+    resize: str = "area",
 ) -> Tensor:
     """Per-word baseline loss (paper 1 §4.1): a pixel's label for word i is 1 iff the pixel is
-    foreground and word i is in the expression. ``word_logits`` [B, N, h, w], ``present`` [B, N]."""
+    foreground and word i is in the expression. ``word_logits`` [B, K, h, w], ``present`` [B, K].
+
+    Summed over the K words (each weighted by ``word_weight`` [B, K], default 1) and averaged
+    over valid pixels. Positive labels weigh ``pos_weight`` (α_f of eq. 2; 1 = plain loss).
+    """
     target, weight = _targets(word_logits, masks, valid, resize)
     labels = target * present.to(word_logits.dtype)[:, :, None, None]
-    per_pixel = F.binary_cross_entropy_with_logits(word_logits, labels.expand_as(word_logits), reduction="none")
-    return (per_pixel * weight).sum() / (weight.sum().clamp(min=1.0) * word_logits.shape[1])
+    per_pixel = pos_weight * labels * F.softplus(-word_logits) + (1 - labels) * F.softplus(word_logits)
+    if word_weight is not None:
+        per_pixel = per_pixel * word_weight.to(per_pixel.dtype)[:, :, None, None]
+    return (per_pixel * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def category_cross_entropy(logits: Tensor, categories: Tensor) -> Tensor:

@@ -23,9 +23,11 @@ def carry_state(update: Tensor | None, new: Tensor, old: Tensor) -> Tensor:
 class ConvLSTMCell(nn.Module):
     """Convolutional LSTM cell (Shi et al. 2015), the mLSTM of RMI (Liu et al. 2017 §3.3, eq. 2-4, 7).
 
-    The gates ``i, f, o, g`` come from one convolution over ``[x; h_{t-1}]`` (kernel 1 gives the
-    paper's mLSTM: an LSTM shared across all locations); ``c_t = f*c_{t-1} + i*g``,
-    ``h_t = o*tanh(c_t)``. The forget-gate bias starts at 1 so early training keeps memory.
+    The gates ``i, f, o, g`` are ``W_x * x_t + W_h * h_{t-1} + b`` (kernel 1 gives the paper's
+    mLSTM: one LSTM shared by all locations); ``c_t = f*c_{t-1} + i*g``, ``h_t = o*tanh(c_t)``.
+    :meth:`step` takes the input term ``W_x * x_t`` precomputed, so a caller whose input is
+    partly constant over time (RMI's visual features) projects that part once. The forget-gate
+    bias starts at 1 so early training keeps memory.
     """
 
     def __init__(self, in_channels: int, hidden: int, kernel_size: int = 1) -> None:
@@ -34,10 +36,12 @@ class ConvLSTMCell(nn.Module):
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.in_channels = in_channels
         self.hidden = hidden
-        self.gates = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
+        pad = kernel_size // 2
+        self.input_gates = nn.Conv2d(in_channels, 4 * hidden, kernel_size, padding=pad)  # W_x, b
+        self.hidden_gates = nn.Conv2d(hidden, 4 * hidden, kernel_size, padding=pad, bias=False)  # W_h
         with torch.no_grad():
-            self.gates.bias.zero_()
-            self.gates.bias[hidden : 2 * hidden].fill_(1.0)
+            self.input_gates.bias.zero_()
+            self.input_gates.bias[hidden : 2 * hidden].fill_(1.0)
 
     def initial_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Zero (h, c) shaped like ``x`` [B, *, H, W] with ``hidden`` channels."""
@@ -48,8 +52,14 @@ class ConvLSTMCell(nn.Module):
         self, x: Tensor, state: tuple[Tensor, Tensor], update: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """One step: input [B, in, H, W], state (h, c) → new (h, c); ``update`` [B] masks the step."""
+        return self.step(self.input_gates(x), state, update)
+
+    def step(
+        self, input_gates: Tensor, state: tuple[Tensor, Tensor], update: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One step from the input term ``W_x * x_t + b`` [B, 4*hidden, H, W] (order i, f, o, g)."""
         h_prev, c_prev = state
-        i, f, o, g = self.gates(torch.cat([x, h_prev], dim=1)).chunk(4, dim=1)
+        i, f, o, g = (input_gates + self.hidden_gates(h_prev)).chunk(4, dim=1)
         c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return carry_state(update, h, h_prev), carry_state(update, c, c_prev)

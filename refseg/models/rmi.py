@@ -2,13 +2,16 @@
 
 A language LSTM reads the expression; at every word t the language representation
 ``l_t = [h_t; w_t]`` (LSTM state and word embedding) is tiled over the feature map and
-concatenated with the L2-normalised visual features and the 8-d spatial coordinates
-(§3.2), and a convolutional multimodal LSTM with 1x1 kernels (eq. 7) updates its state at
-every location. A 1x1 convolution turns the mLSTM state after the last word into the mask
+concatenated with the visual features (the backbone's head features through a learned 1x1
+projection, the "D_I" layer) and the 8-d spatial coordinates (§3.2), and a convolutional
+multimodal LSTM with 1x1 kernels (eq. 7) updates its state at every location. (No L2
+normalisation: that is paper 1's recipe, not paper 3's, and on unit-norm features the
+mLSTM learned more slowly on ShapeRef.) A 1x1 convolution turns the mLSTM state after the last word into the mask
 logits at feature resolution, trained with the plain logistic loss at that resolution
 (eq. 6). The same head applied to the state after every word gives the per-word maps of
 Fig. 6 (``extras["word_maps"]`` [B, T, h, w]); padding words do not update the state, so a
-padded position repeats the map of the last real word.
+padded position repeats the map of the last real word. The head's bias starts at a
+background prior (logit -2) so the first updates learn from the text, not the class balance.
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ from torch import Tensor, nn
 
 from refseg.models.base import Batch, ModelOutput, register
 from refseg.models.image_text import ImageTextModel
-from refseg.models.layers import add_coords, l2_normalize
+from refseg.models.layers import add_coords
 from refseg.models.losses import bce
 from refseg.models.recurrent import ConvLSTMCell
 from refseg.models.text import DEFAULT_MAX_LEN
+
+#: initial output logit (most pixels are background)
+FOREGROUND_PRIOR_LOGIT = -2.0
 
 
 @register("rmi")
@@ -58,11 +64,13 @@ class RMI(ImageTextModel):
             mlstm_hidden=mlstm_hidden,
             **shared,
         )
-        self.feature_stride = self.backbone.strides[-1]
         self.visual = nn.Conv2d(self.backbone.channels[-1], visual_dim, kernel_size=1)
-        language_dim = self.text.dim + self.text.embed_dim
-        self.mlstm = ConvLSTMCell(language_dim + visual_dim + 8, mlstm_hidden, kernel_size=1)
+        # The mLSTM's 1x1 convolution over [l_t; v_ij] (eq. 7) is split into its visual part (the
+        # cell's input convolution, applied once per image) and its language part (per word).
+        self.mlstm = ConvLSTMCell(visual_dim + 8, mlstm_hidden, kernel_size=1)
+        self.word_gates = nn.Linear(self.text.dim + self.text.embed_dim, 4 * mlstm_hidden, bias=False)
         self.head = nn.Conv2d(mlstm_hidden, 1, kernel_size=1)
+        nn.init.constant_(self.head.bias, FOREGROUND_PRIOR_LOGIT)
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Only the deepest tap is used (and cached)."""
@@ -70,15 +78,15 @@ class RMI(ImageTextModel):
 
     def forward(self, batch: Batch) -> ModelOutput:
         visual = self.image_features(batch)[-1]
-        visual = add_coords(l2_normalize(self.visual(visual)), "8d")  # v_ij ∈ R^{D_I + 8}
-        _, _, h, w = visual.shape
+        visual = add_coords(self.visual(visual), "8d")  # v_ij ∈ R^{D_I + 8}
+        visual_gates = self.mlstm.input_gates(visual)
         text = self.encode_text(batch)
-        language = torch.cat([text.words, text.embeddings], dim=-1)  # l_t = [h_t; w_t]
+        word_gates = self.word_gates(torch.cat([text.words, text.embeddings], dim=-1))  # l_t = [h_t; w_t]
         state = self.mlstm.initial_state(visual)
         word_maps = []
-        for t in range(language.shape[1]):
-            word = language[:, t, :, None, None].expand(-1, -1, h, w)
-            state = self.mlstm(torch.cat([word, visual], dim=1), state, update=text.mask[:, t])
+        for t in range(word_gates.shape[1]):
+            gates = visual_gates + word_gates[:, t, :, None, None]
+            state = self.mlstm.step(gates, state, update=text.mask[:, t])
             word_maps.append(self.head(state[0]))
         maps = torch.cat(word_maps, dim=1)  # [B, T, h, w]
         return ModelOutput(logits=maps[:, -1:], extras={"word_maps": maps})

@@ -18,13 +18,17 @@ stride 8 with atrous convolution) become, shallow to deep, the EfficientNet-Lite
 strides 4, 8, 16, 32 (last MBConv block) and the 1280-d head conv on top of the last block;
 with the default ``output_stride=8`` (DeepLab-style dilation) their strides are 4, 8, 8, 8, 8,
 close to the paper's 4, 4, 8, 8, 8. Each level keeps its own resolution; the ConvGRU runs on
-the ``grid_stride`` grid (stride 8 = the paper's 40x40 at 320 px).
+the grid of the ``grid_stride`` level: 4 by default (finer masks, and a cheap ConvGRU with 32
+filters), 8 for the paper's 40x40 at 320 px.
 
 Choices where the paper is silent or gives options: the first step uses a uniform heatmap
 (the paper's "ini-LTR-uniform", reported as equivalent) so every step has a word attention;
 the ConvGRU input is the one-channel ``Q_t``; the atrous convolutions map each level to a
-common width, so ``φ`` and the attention projection are shared by the levels; the loss is
-the logistic loss of the logits upsampled to the canvas (eq. 10-11).
+common width, so ``φ`` and the attention projection are shared by the levels; the attention
+scores are scaled by 1/sqrt(width) (scaled dot product); the loss is the logistic loss of the
+logits upsampled to the canvas (eq. 10-11). The output bias starts at a background prior
+(logit -2): from a zero bias the first, background-dominated updates push ``Q`` below zero
+everywhere, where the ReLU of eq. 4 stops every gradient to the co-embedding for good.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ from refseg.models.recurrent import ConvGRUCell
 from refseg.models.text import DEFAULT_MAX_LEN
 
 LEVELS = 5
+#: initial output logit (most pixels are background), see the module docstring
+FOREGROUND_PRIOR_LOGIT = -2.0
 
 
 @register("step")
@@ -67,12 +73,15 @@ class STEP(ImageTextModel):
         embed_space_dim: int = 128,
         gru_hidden: int = 32,
         folds: int = 1,
-        grid_stride: int = 8,
+        grid_stride: int = 4,
         max_len: int = DEFAULT_MAX_LEN,
+        backbone_last: str = "block",
         **shared: Any,
     ) -> None:
         if folds < 1:
             raise ConfigError(f"folds must be >= 1, got {folds}")
+        if backbone_last != "block":
+            raise ConfigError("step uses both the last block and the head of the backbone: backbone_last='block'")
         super().__init__(
             vocab=vocab,
             output_stride=output_stride,
@@ -80,7 +89,7 @@ class STEP(ImageTextModel):
             embedding=embedding,
             hidden=hidden,
             max_len=max_len,
-            backbone_last="block",
+            backbone_last=backbone_last,
             visual_dim=visual_dim,
             attention_dim=attention_dim,
             embed_space_dim=embed_space_dim,
@@ -89,8 +98,6 @@ class STEP(ImageTextModel):
             grid_stride=grid_stride,
             **shared,
         )
-        if self.config["backbone_last"] != "block":
-            raise ConfigError("step uses both the last block and the head of the backbone: backbone_last='block'")
         strides = self.backbone.strides + [self.backbone.strides[-1]]
         if grid_stride not in strides:
             raise ConfigError(f"grid_stride must be one of the level strides {sorted(set(strides))}, got {grid_stride}")
@@ -100,10 +107,12 @@ class STEP(ImageTextModel):
         self.levels = nn.ModuleList(conv_block(c + 8, visual_dim, kernel_size=3, dilation=3) for c in channels)
         self.pixel_key = nn.Conv2d(visual_dim, attention_dim, kernel_size=1)  # v_i → ṽ_i
         self.word_key = nn.Linear(self.text.dim, attention_dim)  # h_j → h̃_j
+        self.attention_scale = attention_dim**-0.5  # scaled dot product: keeps early softmaxes soft
         self.phi = nn.Conv2d(visual_dim, embed_space_dim, kernel_size=1)  # eq. 2
         self.psi = nn.Linear(self.text.dim, embed_space_dim)  # eq. 3
         self.gru = ConvGRUCell(1, gru_hidden, kernel_size=3)  # eq. 5-8
         self.out = nn.Conv2d(gru_hidden, 1, kernel_size=1)  # eq. 9
+        nn.init.constant_(self.out.bias, FOREGROUND_PRIOR_LOGIT)
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Five levels F1..F5: the four taps and the head conv over the last block."""
@@ -117,15 +126,14 @@ class STEP(ImageTextModel):
         text = self.encode_text(batch)
         word_keys = self.word_key(text.words)  # [B, T, A]
         pad = ~text.mask[:, :, None, None]
-        visual, embedded, pixel_attention = [], [], []
+        embedded, pixel_attention = [], []
         for level, feature in zip(self.levels, features):
             v = level(add_coords(feature, "8d"))
-            scores = torch.einsum("bahw,bta->bthw", self.pixel_key(v), word_keys)
+            scores = torch.einsum("bahw,bta->bthw", self.pixel_key(v), word_keys) * self.attention_scale
             pixel_attention.append(scores.masked_fill(pad, torch.finfo(scores.dtype).min).softmax(dim=1))
             embedded.append(l2_normalize(torch.tanh(self.phi(v))))  # φ(v_i)
-            visual.append(v)
-        grid = visual[self.grid_level].shape[-2:]
-        hidden = self.gru.initial_state(visual[self.grid_level][:, :1])
+        grid = embedded[self.grid_level].shape[-2:]
+        hidden = self.gru.initial_state(embedded[self.grid_level])
         heatmap = hidden.new_full((hidden.shape[0], 1, *grid), 0.5)  # P_0: uniform
         attentions, step_maps = [], []
         for t in range(self.steps):

@@ -32,7 +32,8 @@ class CRFParams:
     clip: float = 1e-5  # probabilities are clipped to [clip, 1 - clip] before -log
 
 
-def _densecrf():
+def densecrf_module():
+    """The ``pydensecrf.densecrf`` module, or :class:`CRFUnavailableError` when it is not installed."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError:
@@ -48,7 +49,7 @@ def refine(prob: np.ndarray, rgb: np.ndarray, params: CRFParams = CRFParams()) -
     Returns the CRF marginal of the target label, float32 [H, W] in [0, 1]; threshold it
     at 0.5 for the refined mask.
     """
-    dcrf = _densecrf()
+    dcrf = densecrf_module()
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2 or rgb.shape[:2] != prob.shape or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"prob [H, W] and rgb [H, W, 3] must agree, got {prob.shape} and {rgb.shape}")
@@ -61,7 +62,7 @@ def refine(prob: np.ndarray, rgb: np.ndarray, params: CRFParams = CRFParams()) -
     crf.addPairwiseBilateral(
         sxy=params.appearance_sxy,
         srgb=params.appearance_srgb,
-        rgbim=np.ascontiguousarray(rgb, dtype=np.uint8),
+        rgbim=np.array(rgb, dtype=np.uint8, order="C"),  # a writable copy: pydensecrf rejects read-only buffers
         compat=params.appearance_weight,
     )
     marginals = np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(2, h, w)

@@ -29,7 +29,6 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -115,12 +114,6 @@ def create_app(
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
-
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error while serving a request")
@@ -152,24 +145,12 @@ def create_app(
         try:
             form = await request.form(max_files=1, max_fields=limits.max_texts + 8)
             image_bytes, texts, threshold, want_heatmap = await _read_form(form, limits)
-            loop = asyncio.get_running_loop()
-            start = time.perf_counter()
-            rgb, predictions = await loop.run_in_executor(
-                worker, _infer, segmenter, image_bytes, texts, threshold, limits.max_pixels
+            as_json = "application/json" in request.headers.get("accept", "")
+            return await asyncio.get_running_loop().run_in_executor(
+                worker, _respond, segmenter, image_bytes, texts, threshold, want_heatmap, as_json, limits.max_pixels
             )
-            elapsed_ms = (time.perf_counter() - start) * 1000.0
         finally:
             admitted -= 1
-        if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse(
-                _json_result(rgb.shape[:2], predictions, threshold, want_heatmap, elapsed_ms)
-            )
-        union = np.logical_or.reduce([p.mask for p in predictions])
-        return Response(
-            png_bytes(union.astype(np.uint8) * 255),
-            media_type="image/png",
-            headers={"X-Refseg-Scores": ",".join(f"{p.score:.4f}" for p in predictions)},
-        )
 
     @app.get("/samples")
     async def samples() -> list[dict[str, Any]]:
@@ -234,7 +215,7 @@ async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], floa
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise _InputError(422, "missing file field 'image': send multipart/form-data with 'image' and 'text'")
-    texts = [t for t in form.getlist("text")]
+    texts = list(form.getlist("text"))
     if not texts:
         raise _InputError(422, "missing field 'text': give at least one expression")
     if any(not isinstance(t, str) for t in texts):
@@ -258,10 +239,17 @@ async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], floa
     return image_bytes, [t.strip() for t in texts], threshold, heatmap
 
 
-def _infer(
-    segmenter: SegmenterLike, image_bytes: bytes, texts: list[str], threshold: float, max_pixels: int
-) -> tuple[np.ndarray, list[PredictionLike]]:
-    """Decode and segment (runs on the worker thread); user errors become HTTP errors."""
+def _respond(
+    segmenter: SegmenterLike,
+    image_bytes: bytes,
+    texts: list[str],
+    threshold: float,
+    heatmap: bool,
+    as_json: bool,
+    max_pixels: int,
+) -> Response:
+    """Decode, segment and encode the answer (on the worker thread: all the CPU work of a request)."""
+    start = time.perf_counter()
     try:
         rgb = load_image(image_bytes, max_pixels=max_pixels)
         predictions = segmenter.predict(rgb, texts, threshold=threshold)
@@ -273,7 +261,15 @@ def _infer(
         raise _InputError(400, str(exc)) from None
     if not isinstance(predictions, Sequence):
         predictions = [predictions]
-    return rgb, list(predictions)
+    if as_json:
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        return JSONResponse(_json_result(rgb.shape[:2], predictions, threshold, heatmap, elapsed_ms))
+    union = np.logical_or.reduce([p.mask for p in predictions])
+    return Response(
+        png_bytes(union.astype(np.uint8) * 255),
+        media_type="image/png",
+        headers={"X-Refseg-Scores": ",".join(f"{p.score:.4f}" for p in predictions)},
+    )
 
 
 def _json_result(

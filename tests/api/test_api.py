@@ -186,3 +186,14 @@ def test_real_model_end_to_end(name: str, tmp_path: Path) -> None:
     # batching texts changes nothing: each expression alone gives the same probability
     alone = seg.predict(rgb, texts[1])
     np.testing.assert_allclose(alone.prob, preds[1].prob, atol=1e-5)
+
+
+def test_channels_last_backbone_gives_the_same_probabilities(tmp_path: Path) -> None:
+    from refseg.api import TorchRunner
+
+    path = _tiny_real("lstm_cnn", tmp_path)
+    fast, plain = Segmenter.from_pretrained(path), Segmenter.from_pretrained(path)
+    plain.runner = TorchRunner(plain.model, channels_last=False)
+    assert fast.runner.channels_last and not plain.runner.channels_last
+    rgb = np.random.default_rng(1).integers(0, 255, (50, 80, 3), dtype=np.uint8)
+    np.testing.assert_allclose(fast.predict(rgb, "the cat").prob, plain.predict(rgb, "the cat").prob, atol=1e-5)

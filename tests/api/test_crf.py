@@ -54,6 +54,13 @@ def test_refine_follows_the_photo_not_the_guess(scene) -> None:
     assert _iou(refined, np.roll(target, 10, axis=1)) > _iou(refined, target)
 
 
+def test_read_only_inputs_are_accepted(scene) -> None:
+    rgb, prob, target = scene
+    rgb.flags.writeable = False  # as decoded by Pillow via np.asarray
+    prob.flags.writeable = False
+    assert _iou(crf.refine(prob, rgb) >= 0.5, target) > 0.9
+
+
 def test_shape_mismatch_is_rejected(scene) -> None:
     rgb, prob, _ = scene
     with pytest.raises(ValueError):

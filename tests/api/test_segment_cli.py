@@ -1,6 +1,7 @@
 """`refseg segment` and `refseg demo`: outputs on success, exit 2 + one stderr line on bad input."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,20 @@ def test_demo_into_a_file_exits_2(model, tmp_path: Path, capsys) -> None:
     blocker.write_text("x")
     code, _, stderr = run(["demo", "--out", str(blocker), "--model", model], capsys)
     assert code == 2 and stderr.count("\n") == 1
+
+
+def test_segment_crf_without_the_extra_exits_2(photo, model, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    image, _ = photo
+    code, _, stderr = run(["segment", str(image), "red", "--crf", "-o", str(tmp_path / "m.png"), "--model", model], capsys)
+    assert code == 2 and "refseg[crf]" in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_segment_with_crf_writes_the_mask(photo, model, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("pydensecrf.densecrf")
+    image, target = photo
+    code, _, _ = run(["segment", str(image), "red", "--crf", "-o", str(tmp_path / "m.png"), "--model", model], capsys)
+    assert code == 0
+    mask = np.asarray(Image.open(tmp_path / "m.png")) == 255
+    assert (mask & target).sum() / (mask | target).sum() > 0.9

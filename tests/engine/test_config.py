@@ -106,10 +106,30 @@ def test_missing_data_paths_and_required_values(tmp_path):
         check_data_paths(config)
 
 
-@pytest.mark.parametrize("config_file", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_load(config_file):
-    config = load_config(config_file)
-    assert config.data.train and config.data.val
+MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi", "step")
+
+
+@pytest.mark.parametrize("dataset", ["shaperef", "coco", "refcoco"])
+@pytest.mark.parametrize("model", MODELS)
+def test_shipped_configs_load_and_name_real_model_options(model, dataset):
+    from refseg.engine.trainer import constructor_keys
+    from refseg.models.base import _REGISTRY, list_models
+
+    config = load_config(REPO / "configs" / f"{model}_{dataset}.yaml")
+    assert config.model.name == model and config.data.train and config.data.val
+    if model in list_models():
+        valid = constructor_keys(_REGISTRY[model])
+        assert valid is None or set(config.model.kwargs) <= valid
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    monkeypatch.chdir(tmp_path / "configs")
+    with_root = write(tmp_path / "configs", "data:\n  root: ../data\n  train:\n    - {path: a.jsonl}\n")
+    assert load_config(with_root).data.root == str(tmp_path / "data")
+    assert load_config(with_root, ["data.root=other"]).data.root == "other"  # overrides: cwd-relative
+    no_root = write(tmp_path / "configs", "data:\n  train:\n    - {path: ../a.jsonl}\n    - {path: /abs/b.jsonl}\n")
+    assert [s.path for s in load_config(no_root).data.train] == [str(tmp_path / "a.jsonl"), "/abs/b.jsonl"]
 
 
 @pytest.mark.parametrize(

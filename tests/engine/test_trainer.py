@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from refseg.config import load_config
-from refseg.data.dataset import RefDataset, _crop_keeping_target, mirror_text
+from refseg.data.dataset import Collator, RefDataset, crop_window, mirror_text
 from refseg.data.sample import RefSample
 from refseg.engine import trainer as trainer_module
 from refseg.engine.checkpoint import load_model, load_training_state
@@ -86,17 +86,16 @@ def test_resume_continues_exactly(tmp_path, manifest, monkeypatch, cached):
         assert torch.equal(x, y), name
 
 
-def test_resume_mid_epoch_when_iterations_stop_inside_an_epoch(tmp_path, manifest, monkeypatch):
-    full = train(make_config(tmp_path, manifest, "full", iterations=8))
-    with monkeypatch.context() as patch:
-        _interrupt_after_saves(patch, 1)
-        with pytest.raises(Interrupt):
-            train(make_config(tmp_path, manifest, "cut", iterations=8))
-    state = load_training_state(tmp_path / "cut" / "last_state.pt")
-    assert (state["epoch"], state["skip_batches"]) == (1, 0)
-    resumed = train(make_config(tmp_path, manifest, "cut", iterations=8), resume=tmp_path / "cut" / "last.safetensors")
+def test_resume_inside_an_epoch_skips_the_batches_already_done(tmp_path, manifest):
+    # 5 steps per epoch: a run stopped by iterations=8 ends 3 batches into epoch 2
+    full = train(make_config(tmp_path, manifest, "full", "train.schedule=constant", iterations=12))
+    cut = train(make_config(tmp_path, manifest, "cut", "train.schedule=constant", iterations=8))
+    state = load_training_state(cut / "last_state.pt")
+    assert (state["epoch"], state["skip_batches"], state["step"]) == (1, 3, 8)
+    resumed = train(make_config(tmp_path, manifest, "cut", "train.schedule=constant", iterations=12),
+                    resume=cut / "last.safetensors")
     assert read_csv(resumed / "train.csv") == read_csv(full / "train.csv")
-    assert load_training_state(resumed / "last_state.pt")["step"] == 8
+    assert load_training_state(resumed / "last_state.pt")["step"] == 12
 
 
 def test_a_second_run_in_the_same_folder_is_refused(tmp_path, manifest):
@@ -150,11 +149,12 @@ def test_crop_keeps_the_whole_target(seed):
     mask = np.zeros((50, 70), dtype=bool)
     y, x = rng.integers(0, 40), rng.integers(0, 60)
     mask[y : y + 10, x : x + 10] = True
-    rgb = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
-    crop_rgb, crop_mask = _crop_keeping_target(rgb, mask, (0.5, 0.9), rng)
-    assert crop_mask.sum() == mask.sum()
-    assert crop_rgb.shape[:2] == crop_mask.shape
-    assert crop_mask.shape[0] <= 50 and crop_mask.shape[1] <= 70
+    window = crop_window(mask, (0.5, 0.9), rng)
+    assert window is not None
+    crop = mask[window]
+    assert crop.sum() == mask.sum()
+    assert 25 <= crop.shape[0] <= 45 and abs(crop.shape[1] / crop.shape[0] - 70 / 50) < 0.1
+    assert crop_window(np.ones((50, 70), bool), (0.5, 0.9), rng) is None  # the target cannot fit
 
 
 def test_copy_paste_makes_the_pasted_instance_the_target():
@@ -169,3 +169,54 @@ def test_copy_paste_makes_the_pasted_instance_the_target():
     assert item["text"] == "the kite" and item["view"] is None
     donor_pixels = donor.load_mask().sum()
     assert 0 < item["mask"].sum() and donor_pixels > 0
+
+
+def test_shaperef_specs_split_one_generation_without_shared_scenes():
+    from refseg.data.dataset import load_samples
+
+    config = load_config(None, [
+        "data.train.0.kind=shaperef", "data.train.0.n=60", "data.train.0.split=train", "data.train.0.options={size: 64}",
+        "data.val.0.kind=shaperef", "data.val.0.n=60", "data.val.0.split=val", "data.val.0.options={size: 64}",
+    ])
+    train_samples, val_samples = load_samples(config, "train"), load_samples(config, "val")
+    assert train_samples and val_samples and len(train_samples) + len(val_samples) < 60
+    assert {s.split for s in train_samples} == {"train"} and {s.split for s in val_samples} == {"val"}
+    assert not {s.image_id for s in train_samples} & {s.image_id for s in val_samples}
+
+
+def test_coco_spec_on_real_data_gives_letterboxed_samples(shared_data, tmp_path):
+    from refseg.data.dataset import load_samples
+
+    config = load_config(None, [f"data.root={shared_data}", "data.train.0.kind=coco-instances",
+                                "data.train.0.path=coco-instances", "data.train.0.split=val",
+                                "data.train.0.limit=12"])
+    samples = load_samples(config, "train")
+    assert len(samples) == 12 and all(s.sentence and s.mask is not None for s in samples)
+    item = RefDataset(samples, 96, with_targets=True)[0]
+    assert item["image"].shape == (3, 96, 96) and item["mask"].shape == (1, 96, 96)
+    photo = samples[0].load_image()
+    assert item["target"].shape == photo.shape[:2] and item["target"].any()
+
+
+def test_category_labels_follow_the_photo_through_flip_and_letterbox():
+    from refseg.data.dataset import CATEGORY_REGIONS
+    from refseg.data.masks import encode_rle
+
+    sample = square_samples(1, seed=3)[0]
+    h, w = sample.image.shape[:2]
+    left = np.zeros((h, w), dtype=bool)
+    left[:, : w // 2] = True
+    sample.meta[CATEGORY_REGIONS] = [(7, encode_rle(left))]
+    plain = RefDataset([sample], 32)[0]["categories"]
+    box = RefDataset([sample], 32)[0]["box"]
+    assert plain.dtype == torch.int64 and plain.shape == (32, 32)
+    assert (plain[: box.inner_h, 0] == 7).all() and (plain[: box.inner_h, box.inner_w - 1] == -1).all()
+    assert (plain[box.inner_h :] == -1).all()  # padding is ignored
+    flip = load_config(None, ["data.augment.hflip=1.0"]).data.augment
+    flipped = RefDataset([sample], 32, flip)[0]["categories"]
+    assert (flipped[: box.inner_h, 0] == -1).all() and (flipped[: box.inner_h, box.inner_w - 1] == 7).all()
+    other = square_samples(2, seed=4)[1]  # no labels: filled with -1 in a mixed batch
+    items = [RefDataset([sample], 32)[0], RefDataset([other], 32)[0]]
+    batch = Collator(lambda texts: (torch.ones(len(texts), 1, dtype=torch.long), torch.ones(len(texts), dtype=torch.long)))(items).batch
+    assert batch.categories.shape == (2, 32, 32) and (batch.categories[1] == -1).all()
+    assert torch.equal(batch.categories[0], plain)

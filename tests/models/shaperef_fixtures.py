@@ -1,6 +1,7 @@
 """Test helpers: a small ShapeRef batch, canvas IoU, and an overfitting loop on cached features."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,9 +10,20 @@ from refseg.data.transforms import letterbox, to_tensor
 from refseg.models.base import Batch, RefSegModel
 
 
-def shaperef_batch(model: RefSegModel, n: int = 4, size: int = 96, seed: int = 3) -> Batch:
-    """``n`` attribute expressions, two per scene (so the text has to pick the target)."""
-    samples = generate_samples(n, seed=seed, size=size, kinds=["attribute"], per_scene=2)
+@pytest.fixture
+def single_thread():
+    """Small models step faster on one thread when the two CPU cores are shared and busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def shaperef_batch(model: RefSegModel, n: int = 4, size: int = 96, seed: int = 0, min_area: float = 0.04) -> Batch:
+    """``n`` attribute expressions (two per scene, so the text matters) whose targets cover at
+    least ``min_area`` of the image: a 1x1 classifier on stride-8 features cannot draw tiny shapes."""
+    pool = generate_samples(8 * n, seed=seed, size=size, kinds=["attribute"], per_scene=2)
+    samples = [s for s in pool if s.load_mask().mean() >= min_area][:n]
     images, masks, valid = [], [], []
     for sample in samples:
         rgb = sample.load_image()
@@ -35,7 +47,8 @@ def canvas_iou(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def overfit(model: RefSegModel, batch: Batch, steps: int, lr: float = 3e-3, target_iou: float = 0.9) -> torch.Tensor:
-    """Adam on cached backbone features until every IoU >= ``target_iou`` or ``steps`` run out."""
+    """Adam on cached backbone features until every IoU >= ``target_iou`` + 0.03 (a margin for
+    the last update) or ``steps`` run out; returns the final IoUs."""
     with torch.no_grad():
         batch.features = model.encode_image(batch.images)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -46,8 +59,7 @@ def overfit(model: RefSegModel, batch: Batch, steps: int, lr: float = 3e-3, targ
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        ious = canvas_iou(out.logits.detach(), batch)
-        if bool((ious >= target_iou).all()):
+        if bool((canvas_iou(out.logits.detach(), batch) >= target_iou + 0.03).all()):
             break
     model.eval()
     with torch.no_grad():

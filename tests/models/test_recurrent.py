@@ -17,14 +17,14 @@ def test_conv_lstm_1x1_is_an_lstm_at_every_pixel() -> None:
     cell = ConvLSTMCell(5, 7, kernel_size=1)
     reference = nn.LSTMCell(5, 7)
     # Our gate order is (i, f, o, g); torch's is (i, f, g, o).
-    w = cell.gates.weight.detach()[:, :, 0, 0]
-    b = cell.gates.bias.detach()
-    i, f, o, g = w.chunk(4)
-    bi, bf, bo, bg = b.chunk(4)
+    def reorder(t: torch.Tensor) -> torch.Tensor:
+        i, f, o, g = t.detach().chunk(4)
+        return torch.cat([i, f, g, o])
+
     with torch.no_grad():
-        reference.weight_ih.copy_(torch.cat([i, f, g, o])[:, :5])
-        reference.weight_hh.copy_(torch.cat([i, f, g, o])[:, 5:])
-        reference.bias_ih.copy_(torch.cat([bi, bf, bg, bo]))
+        reference.weight_ih.copy_(reorder(cell.input_gates.weight[:, :, 0, 0]))
+        reference.weight_hh.copy_(reorder(cell.hidden_gates.weight[:, :, 0, 0]))
+        reference.bias_ih.copy_(reorder(cell.input_gates.bias))
         reference.bias_hh.zero_()
     x = torch.randn(2, 5, 3, 4)
     h0, c0 = torch.randn(2, 7, 3, 4), torch.randn(2, 7, 3, 4)

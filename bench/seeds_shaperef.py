@@ -1,0 +1,261 @@
+"""Seeds comparison on ShapeRef: the six models trained with the same data, seed and budget.
+
+    python bench/seeds_shaperef.py                      # full run, writes docs/results.md
+    python bench/seeds_shaperef.py --n 1200 --epochs 2  # a quick smoke run
+
+Every model gets the same ShapeRef data (``--n`` samples at ``--size`` px, scenes split 8:1:1
+train/val/test), the same frozen EfficientNet-Lite0 backbone at output stride 8 whose features
+are computed once and shared by all runs, the same optimiser (Adam, poly schedule), batch size,
+number of epochs and seed. Each model keeps its own heads and text encoder at its default
+(CPU-sized) width. The last checkpoint is scored on the test split with the metrics of
+``refseg eval``; the tables go into docs/results.md between the ``seeds_shaperef`` markers:
+(a) prec@0.5-0.9, overall and mean IoU (shaped like paper 1 Table 1) and (b) IoU by expression
+length with RMI's relative gain over LSTM-CNN (shaped like paper 3 Tables 2-5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from refseg.config import from_dict  # noqa: E402
+from refseg.data.dataset import FeatureCache, RefDataset  # noqa: E402
+from refseg.data.shapes import generate_samples  # noqa: E402
+from refseg.engine.checkpoint import load_model  # noqa: E402
+from refseg.engine.evaluator import evaluate  # noqa: E402
+from refseg.models.text import split_words  # noqa: E402
+from refseg.engine.trainer import Trainer, build_model  # noqa: E402
+from refseg.models import rmi, step  # noqa: E402,F401  (registers them whatever models/__init__ lists)
+from refseg.models.base import _REGISTRY, list_models  # noqa: E402
+
+MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi", "step")
+LABELS = {
+    "whole_image": "whole image", "per_word": "per-word (average)", "lstm_cnn": "LSTM-CNN",
+    "lstm_cnn_plus": "LSTM-CNN+", "rmi": "RMI", "step": "STEP",
+}
+#: Text options shared by the models that take them: GloVe-initialised embeddings over the
+#: training vocabulary (LSTM-CNN+ keeps its paper-2 default: fixed GloVe, full vocabulary).
+TEXT = {"vocab": "train", "embedding": "glove"}
+MODEL_OPTIONS = {
+    "whole_image": {},
+    "per_word": {"words": "train", "num_words": 500, "combine": "average", "output_stride": 8},
+    "lstm_cnn": {**TEXT, "output_stride": 8},
+    "lstm_cnn_plus": {"output_stride": 8},
+    "rmi": {**TEXT, "output_stride": 8},
+    "step": {**TEXT, "output_stride": 8},
+}
+BEGIN, END = "<!-- seeds_shaperef:begin -->", "<!-- seeds_shaperef:end -->"
+
+
+def run_config(args: argparse.Namespace, model: str, seed: int, out: Path) -> dict:
+    shaperef = {"kind": "shaperef", "n": args.n, "seed": args.data_seed, "options": {"size": args.size}}
+    return {
+        "model": {"name": model, "kwargs": MODEL_OPTIONS[model]},
+        "data": {
+            "image_size": args.size,
+            "train": [{**shaperef, "split": "train"}],
+            "val": [],  # the test split is scored after training; no validation during the run
+            "augment": {"hflip": 0.5},
+            "cache_features": True,
+        },
+        "train": {
+            "optimizer": "adam", "lr": args.lr, "weight_decay": 5e-4, "schedule": "poly",
+            "epochs": args.epochs if model != "whole_image" else 1, "batch_size": args.batch_size,
+            "seed": seed, "eval_every": 0, "progress": args.progress, "out_dir": str(out),
+        },
+    }
+
+
+def length_edges(samples) -> tuple[int, ...]:
+    """Upper edges of 4 buckets of roughly equal size (as paper 3 builds its Tables 2-5)."""
+    lengths = np.array([len(split_words(s.sentence)) for s in samples])
+    edges = sorted({int(np.quantile(lengths, q)) for q in (0.25, 0.5, 0.75)})
+    return tuple(e for e in edges if e < lengths.max()) or (int(lengths.min()),)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2400, help="ShapeRef samples in all splits (8:1:1).")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Training seeds (results averaged).")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "seeds_shaperef")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "results.md",
+                        help="Markdown file whose seeds_shaperef section is replaced.")
+    parser.add_argument("--no-docs", action="store_true", help="Only print the tables and write results.json.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--progress", action="store_true", help="Show the training progress bars.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Reuse the results of models already trained with the same settings.")
+    args = parser.parse_args()
+    missing = sorted(set(args.models) - set(list_models()))
+    if missing:
+        parser.error(f"models not registered: {', '.join(missing)}")
+    torch.set_num_threads(args.threads)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    generated = generate_samples(args.n, args.data_seed, size=args.size)
+    train_samples = [s for s in generated if s.split == "train"]
+    test = [s for s in generated if s.split == "test"]
+    edges = length_edges(test)
+    caches: dict[object, FeatureCache] = {}  # models with the same encode_image share their features
+    results: dict[str, dict] = {}
+    started = time.time()
+    for model_name in args.models:
+        per_seed = []
+        for seed in args.seeds:
+            out = args.out / f"{model_name}-seed{seed}"
+            config_dict = run_config(args, model_name, seed, out)
+            done = out / "result.json"
+            if args.resume and done.is_file() and json.loads(done.read_text())["config"] == config_dict:
+                per_seed.append(json.loads(done.read_text())["result"])
+                console.print(f"{model_name} seed {seed}: reusing {done}")
+                continue
+            if out.exists():
+                import shutil
+
+                shutil.rmtree(out)
+            config = from_dict(config_dict)
+            key = _REGISTRY[model_name].encode_image
+            if key not in caches:  # computed once per distinct encode_image, outside the timed training
+                caches[key] = prefilled_cache(config, train_samples, test)
+            cache = caches[key]
+            t0 = time.time()
+            Trainer(config, console=console, feature_cache=cache).run()
+            train_s = time.time() - t0
+            model, _ = load_model(out / "last.safetensors")
+            accumulator = evaluate(model, test, args.size, feature_cache=cache, length_edges=edges)
+            summary = accumulator.summary()
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            per_seed.append({"summary": summary, "train_s": train_s, "params": n_params, "seed": seed})
+            done.write_text(json.dumps({"config": config_dict, "result": per_seed[-1]}))
+            console.print(
+                f"{model_name} seed {seed}: mean IoU {100 * summary['mean_iou']:.2f}, overall IoU "
+                f"{100 * summary['overall_iou']:.2f} ({train_s / 60:.1f} min, {n_params:,} trainable parameters)"
+            )
+        results[model_name] = average(per_seed)
+        still_needed = {_REGISTRY[m].encode_image for m in args.models[args.models.index(model_name) + 1 :]}
+        for key in [k for k in caches if k not in still_needed]:
+            del caches[key]  # free the memory of features no later model uses
+    total_min = (time.time() - started) / 60
+    meta = {
+        "n": args.n, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(test), "length_edges": list(edges),
+        "n_train": len(train_samples),
+        "minutes": round(total_min, 1), "command": " ".join(["python", "bench/seeds_shaperef.py", *[a for a in sys.argv[1:] if a != "--resume"]]),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    markdown = render(results, meta)
+    print(markdown)
+    if not args.no_docs:
+        write_section(args.docs, markdown)
+        console.print(f"updated {args.docs}")
+
+
+def prefilled_cache(config, train_samples, test_samples) -> FeatureCache:
+    """Backbone features of every training view (plain and flipped) and test image, in float16."""
+    cache = FeatureCache(torch.float16)
+    model = build_model(config, [s.sentence for s in train_samples])
+    size = config.data.image_size
+    cache.fill(model, RefDataset(train_samples, size, config.data.augment, cached=True), torch.device("cpu"))
+    cache.fill(model, RefDataset(test_samples, size, cached=True), torch.device("cpu"))
+    return cache
+
+
+def average(runs: list[dict]) -> dict:
+    """Mean over seeds of every metric (and the spread of mean IoU when there are several)."""
+    summaries = [r["summary"] for r in runs]
+
+    def mean_of(items: list[dict]) -> dict:
+        keys = [k for k, v in items[0].items() if isinstance(v, (int, float)) or v is None]
+        return {k: (None if any(i[k] is None for i in items) else float(np.mean([i[k] for i in items]))) for k in keys}
+
+    merged = mean_of(summaries)
+    merged["by_length"] = {b: mean_of([s["by_length"][b] for s in summaries]) for b in summaries[0]["by_length"]}
+    merged["mean_iou_std"] = float(np.std([s["mean_iou"] for s in summaries]))
+    merged["train_min"] = float(np.mean([r["train_s"] for r in runs]) / 60)
+    merged["params"] = runs[0]["params"]
+    return merged
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def render(results: dict[str, dict], meta: dict) -> str:
+    prec = ["prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9"]
+    seeds = len(meta["seeds"])
+    lines = [
+        f"Generated by `{meta['command']}` ({meta['minutes']} min on this machine's CPU). ShapeRef "
+        f"{meta['size']} px, {meta['n_train']} training / {meta['n_test']} test samples (data seed "
+        f"{meta['data_seed']}), {meta['epochs']} epochs, batch {meta['batch_size']}, Adam lr {meta['lr']:g} "
+        f"with poly decay, training seed(s) {', '.join(map(str, meta['seeds']))}"
+        + (" (numbers are means over the seeds)" if seeds > 1 else "") + ".",
+        "",
+        "**(a) Test split, shaped like paper 1 Table 1** (percent)",
+        "",
+        "| model | " + " | ".join(prec) + " | overall IoU | mean IoU |"
+        + (" mean IoU std |" if seeds > 1 else "") + " trainable params | train min |",
+        "|---|" + "---:|" * (len(prec) + 4 + (seeds > 1)),
+    ]
+    for name, r in results.items():
+        row = [LABELS[name], *[pct(r[k]) for k in prec], pct(r["overall_iou"]), pct(r["mean_iou"])]
+        if seeds > 1:
+            row.append(pct(r["mean_iou_std"]))
+        row += [f"{r['params']:,}", f"{r['train_min']:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    buckets = list(next(iter(results.values()))["by_length"])
+    counts = next(iter(results.values()))["by_length"]
+    lines += [
+        "",
+        "**(b) Overall IoU by expression length (words), shaped like paper 3 Tables 2-5** (percent; "
+        "buckets of roughly equal size on the test split; the gain row is RMI's relative gain over LSTM-CNN)",
+        "",
+        "| model | " + " | ".join(f"{b} (n={int(counts[b]['n'])})" for b in buckets) + " |",
+        "|---|" + "---:|" * len(buckets),
+    ]
+    for name, r in results.items():
+        lines.append("| " + " | ".join([LABELS[name], *[pct(r["by_length"][b]["overall_iou"]) for b in buckets]]) + " |")
+    if "rmi" in results and "lstm_cnn" in results:
+        gains = []
+        for b in buckets:
+            base, rmi = results["lstm_cnn"]["by_length"][b]["overall_iou"], results["rmi"]["by_length"][b]["overall_iou"]
+            gains.append("–" if not base or rmi is None else f"{100 * (rmi - base) / base:+.1f} %")
+        lines.append("| RMI relative gain over LSTM-CNN | " + " | ".join(gains) + " |")
+        lines += ["", "Mean IoU by length (same buckets):", "",
+                  "| model | " + " | ".join(buckets) + " |", "|---|" + "---:|" * len(buckets)]
+        for name, r in results.items():
+            lines.append("| " + " | ".join([LABELS[name], *[pct(r["by_length"][b]["mean_iou"]) for b in buckets]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, markdown: str) -> None:
+    """Replace the text between the seeds_shaperef markers of ``path`` (append them if absent)."""
+    from refseg.io import atomic_write_text
+
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
+    block = f"{BEGIN}\n{markdown}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(path, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""bench/bundled_model.py: comparing runs on synthesized val + human dev, and shipping one."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench import bundled_model  # noqa: E402
+from bench.human_dev.build import load_human_dev  # noqa: E402
+from refseg.engine.checkpoint import load_model, save_model  # noqa: E402
+from refseg.models import create_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn", vocab=["left", "zebra"], hidden=8, classifier=8)
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run.mkdir()
+    save_model(run / "best.safetensors", model, {"image_size": 64, "metrics": {"mean_iou": 0.25, "overall_iou": 0.5}})
+    return run
+
+
+def test_ship_writes_a_small_half_precision_model_that_loads(run_dir, tmp_path):
+    out = bundled_model.ship(run_dir, items=None, out=tmp_path / "default.safetensors")
+    with safe_open(str(out), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.float16}
+    assert not any(k.startswith("backbone.") for k in safe_open(str(out), framework="pt").keys())
+    model, meta = load_model(out)
+    assert model.name == "lstm_cnn"
+    assert meta["training_command"] == bundled_model.TRAINING_COMMAND
+    assert meta["synthesized_val"]["mean_iou"] == 0.25
+    assert out.stat().st_size <= bundled_model.MAX_SHIPPED_BYTES
+
+
+def test_compare_reports_val_and_human_dev(run_dir, shared_data):
+    items = load_human_dev(shared_data)[:6]
+    table = bundled_model.compare([run_dir], items).splitlines()
+    assert table[0].startswith("| run | val mIoU")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:3] == ["tiny", "25.0", "50.0"]
+    assert 0.0 <= float(cells[3]) <= 100.0

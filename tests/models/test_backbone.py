@@ -1,0 +1,122 @@
+"""Backbone: taps for any input size, dilation, freezing, real ImageNet weights; category names."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from refseg.errors import ConfigError
+from refseg.models.backbone import Backbone
+from refseg.models.categories import (
+    CAMVID_TO_SEGMENTATION,
+    COCO_PANOPTIC,
+    IMAGENET_CLASSES,
+    SEGMENTATION_CATEGORIES,
+)
+
+
+@pytest.fixture(scope="module")
+def lite0() -> Backbone:
+    return Backbone("efficientnet_lite0")
+
+
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_taps_for_odd_sizes(output_stride: int) -> None:
+    backbone = Backbone(pretrained=False, output_stride=output_stride)
+    h, w = 67, 45
+    with torch.no_grad():
+        taps = backbone(torch.randn(2, 3, h, w))
+    assert backbone.strides == [min(s, output_stride) for s in (4, 8, 16, 32)]
+    assert [t.shape[1] for t in taps] == backbone.channels == [24, 40, 112, 1280]
+    for tap, stride in zip(taps, backbone.strides):
+        assert tap.shape[-2:] == (math.ceil(h / stride), math.ceil(w / stride))
+
+
+def test_last_tap_block_and_other_sizes() -> None:
+    backbone = Backbone("efficientnet_lite2", pretrained=False, last="block")
+    assert backbone.channels[-1] == backbone.net._conv_head.in_channels != 1280
+    with pytest.raises(ConfigError):
+        Backbone("resnet50")
+    with pytest.raises(ConfigError):
+        Backbone(pretrained=False, output_stride=4)
+
+
+def test_frozen_backbone_stays_in_eval_mode(lite0: Backbone) -> None:
+    lite0.train()
+    assert not any(m.training for m in lite0.modules())
+    assert not any(p.requires_grad for p in lite0.parameters())
+    trainable = Backbone(pretrained=False, freeze=False).train()
+    assert trainable.training and all(p.requires_grad for p in trainable.parameters())
+
+
+def test_imagenet_head_matches_the_network_classifier(lite0: Backbone) -> None:
+    """Average of the per-location logits == the package's own pooled classifier (FC is linear)."""
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        dense = lite0.imagenet_logits(lite0(images)[-1])
+        reference = lite0.net(images)
+        block_tap = Backbone(last="block")(images)[-1]
+        from_block = lite0.imagenet_logits(block_tap)
+    assert dense.shape == (2, 1000, 3, 4)
+    torch.testing.assert_close(dense.mean(dim=(2, 3)), reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(from_block, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_imagenet_class_names_are_the_ilsvrc_order() -> None:
+    assert len(IMAGENET_CLASSES) == len(set(IMAGENET_CLASSES)) == 1000
+    anchors = {0: "tench", 1: "goldfish", 207: "golden retriever", 281: "tabby", 340: "zebra",
+               386: "African elephant", 504: "coffee mug", 620: "laptop", 817: "sports car",
+               920: "traffic light", 954: "banana", 963: "pizza", 999: "toilet tissue"}
+    assert {i: IMAGENET_CLASSES[i] for i in anchors} == anchors
+
+
+def test_segmentation_categories() -> None:
+    assert len(COCO_PANOPTIC) == 133 and len(SEGMENTATION_CATEGORIES) == 135
+    camvid = [SEGMENTATION_CATEGORIES[i] if i >= 0 else None for i in CAMVID_TO_SEGMENTATION]
+    assert camvid[0] == "sky-other-merged" and camvid[8] == "car" and camvid[9] == "person" and camvid[11] is None
+
+
+def test_coco_panoptic_names_match_the_annotation_file(shared_data) -> None:
+    with open(shared_data / "coco-panoptic" / "annotations" / "panoptic_val2017.json") as f:
+        categories = json.load(f)["categories"]
+    assert [(c["id"], c["name"]) for c in categories] == list(COCO_PANOPTIC)
+
+
+def _zebra_photo(shared_data):
+    from PIL import Image
+    from pycocotools.coco import COCO
+
+    root = shared_data / "coco-instances"
+    coco = COCO(str(root / "annotations" / "instances_val2017.json"))
+    zebra = coco.getCatIds(catNms=["zebra"])[0]
+    info = coco.loadImgs(coco.getImgIds(catIds=[zebra])[0])[0]
+    rgb = np.asarray(Image.open(root / "images" / "val2017" / info["file_name"]).convert("RGB"))
+    mask = np.zeros(rgb.shape[:2], dtype=bool)
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=info["id"], catIds=[zebra], iscrowd=None)):
+        mask |= coco.annToMask(ann).astype(bool)
+    return rgb, mask
+
+
+def test_pretrained_weights_classify_a_real_photo(lite0: Backbone, shared_data) -> None:
+    from refseg.data.transforms import letterbox, to_tensor
+
+    rgb, mask = _zebra_photo(shared_data)
+    zebra = IMAGENET_CLASSES.index("zebra")
+    canvas, _ = letterbox(rgb, 224)
+    with torch.no_grad():
+        logits = lite0.imagenet_logits(lite0(to_tensor(canvas)[None])[-1]).mean(dim=(2, 3))[0]
+    assert zebra in logits.topk(5).indices.tolist()
+
+    # Per location at 416 px: zebra probability is high on the zebras and low elsewhere.
+    canvas, box = letterbox(rgb, 416)
+    with torch.no_grad():
+        prob = lite0.imagenet_logits(lite0(to_tensor(canvas)[None])[-1]).softmax(dim=1)[:, zebra : zebra + 1]
+    prob = F.interpolate(prob, size=(416, 416), mode="bilinear", align_corners=False)[0, 0]
+    on = torch.from_numpy(box.mask(mask))
+    off = torch.from_numpy(box.valid()) & ~on
+    assert prob[on].mean() > 0.4
+    assert prob[off].mean() < 0.2

@@ -1,0 +1,180 @@
+"""LSTM-CNN and LSTM-CNN+, and their parts (coordinate channels, deconvolution, losses)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from shaperef_fixtures import overfit, shaperef_batch, single_thread  # noqa: F401  (fixture)
+
+from refseg.errors import ConfigError
+from refseg.models import Batch, create_model
+from refseg.models.layers import add_coords, bilinear_deconv, coord_channels
+from refseg.models.losses import category_cross_entropy, weighted_bce
+
+SMALL = dict(output_stride=8, hidden=64, classifier=64)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ----------------------------------------------------------------------------------------- layers
+def test_coordinates_2d_span_the_canvas() -> None:
+    c = coord_channels(3, 5, "2d")
+    assert c.shape == (1, 2, 3, 5)
+    assert c[0, :, 0, 0].tolist() == [-1.0, -1.0] and c[0, :, -1, -1].tolist() == [1.0, 1.0]
+    assert c[0, 0, :, 2].tolist() == [0.0, 0.0, 0.0]  # x of the middle column
+    assert coord_channels(1, 1, "2d").flatten().tolist() == [0.0, 0.0]
+
+
+def test_coordinates_8d_are_cell_boxes() -> None:
+    c = coord_channels(2, 4, "8d")[0]
+    x_min, y_min, x_max, y_max, x_ctr, y_ctr, inv_w, inv_h = c
+    assert x_min[0].tolist() == [-1.0, -0.5, 0.0, 0.5] and x_max[0].tolist() == [-0.5, 0.0, 0.5, 1.0]
+    assert y_min[:, 0].tolist() == [-1.0, 0.0] and y_max[:, 0].tolist() == [0.0, 1.0]
+    torch.testing.assert_close(x_ctr, (x_min + x_max) / 2)
+    torch.testing.assert_close(y_ctr, (y_min + y_max) / 2)
+    assert bool((inv_w == 0.25).all()) and bool((inv_h == 0.5).all())
+    assert add_coords(torch.zeros(3, 7, 2, 4), "8d").shape == (3, 15, 2, 4)
+    with pytest.raises(ValueError):
+        coord_channels(2, 2, "3d")
+
+
+@pytest.mark.parametrize("stride", [8, 32])
+def test_deconvolution_starts_as_bilinear_upsampling(stride: int) -> None:
+    deconv = bilinear_deconv(2, stride)
+    x = torch.randn(1, 2, 5, 4)
+    with torch.no_grad():
+        y = deconv(x)
+    assert y.shape == (1, 2, 5 * stride, 4 * stride)
+    reference = F.interpolate(x, scale_factor=stride, mode="bilinear", align_corners=False)
+    inner = (slice(None), slice(None), slice(stride, -stride), slice(stride, -stride))  # away from the border
+    torch.testing.assert_close(y[inner], reference[inner], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- losses
+def test_weighted_bce_weights_and_padding() -> None:
+    logits = torch.zeros(1, 1, 2, 2)
+    masks = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    valid = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    # At logit 0 every pixel costs log 2: 3 log 2 on the foreground pixel, log 2 on one background pixel.
+    expected = (3 * math.log(2) + math.log(2)) / 2
+    assert weighted_bce(logits, masks, valid).item() == pytest.approx(expected)
+    padded = logits.clone()
+    padded[..., 1, :] = 50.0  # predictions on the padding do not count
+    assert weighted_bce(padded, masks, valid).item() == pytest.approx(expected)
+    # Targets are area-resized to the logit grid: a half-covered cell is a 0.5 target.
+    half = weighted_bce(torch.zeros(1, 1, 1, 1), masks[..., :1, :], None)
+    assert half.item() == pytest.approx(0.5 * 3 * math.log(2) + 0.5 * math.log(2))
+    with pytest.raises(ValueError):
+        weighted_bce(logits, None)
+
+
+def test_category_cross_entropy_ignores_unlabelled() -> None:
+    logits = torch.zeros(1, 4, 2, 2, requires_grad=True)
+    labels = torch.full((1, 8, 8), -1, dtype=torch.long)
+    assert category_cross_entropy(logits, labels).item() == 0.0
+    labels[0, :4, :4] = 2
+    assert category_cross_entropy(logits, labels).item() == pytest.approx(math.log(4))
+
+
+# ---------------------------------------------------------------------------------------- models
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("lstm_cnn", **SMALL)
+
+
+def test_lstm_cnn_overfits_four_shaperef_samples() -> None:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn", **SMALL)
+    assert overfit(model, shaperef_batch(model), steps=800).min() >= 0.9
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(category_source="imagenet", category_text="zero_shot")],
+    ids=["segmentation-head", "imagenet-zero-shot"],
+)
+def test_lstm_cnn_plus_overfits_four_shaperef_samples(options: dict) -> None:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn_plus", category_hidden=64, **SMALL, **options)
+    assert overfit(model, shaperef_batch(model), steps=800).min() >= 0.9
+
+
+@pytest.mark.parametrize("size", [97, 130])
+def test_output_shapes_for_odd_sizes(model, size: int) -> None:
+    tokens, lengths = model.tokenize(["the red circle", ""])
+    batch = Batch(torch.randn(2, 3, size, size), tokens, lengths)
+    with torch.no_grad():
+        out = model(batch)
+        low = create_model("lstm_cnn", stage="low", **SMALL)(batch)
+    h = math.ceil(size / 8)
+    assert out.logits.shape == (2, 1, size, size)
+    assert out.extras["low_res_logits"].shape == low.logits.shape == (2, 1, h, h)
+
+
+def test_same_seed_same_output_and_config_rebuilds() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = create_model("lstm_cnn", vocab=["red", "circle"], **SMALL)
+        tokens, lengths = model.tokenize(["the red circle", "circle"])
+        with torch.no_grad():
+            outputs.append(model(Batch(images, tokens, lengths)).logits)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    config = json.loads(json.dumps(model.config))
+    rebuilt = create_model("lstm_cnn", **config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(model.checkpoint_exclude()))}
+    rebuilt.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(Batch(images, tokens, lengths)).logits, outputs[1])
+    assert model.checkpoint_exclude() == ["backbone."] and model.backbone_frozen
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn", stage="medium")
+
+
+def test_gradients_reach_the_text_encoder(model) -> None:
+    batch = shaperef_batch(model)
+    model.zero_grad()
+    model.loss(model(batch), batch).backward()
+    assert model.text.lstm.weight_ih_l0.grad.abs().sum() > 0
+    assert model.text.embed.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_category_branch_and_alpha_train() -> None:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn_plus", category_hidden=32, **SMALL)
+    batch = shaperef_batch(model)
+    batch.categories = (batch.masks[:, 0] > 0).long() * 3 - (batch.valid[:, 0] == 0).long()  # 3 or 0, -1 on padding
+    out = model(batch)
+    assert out.extras["category_logits"].shape[1] == 135 and out.extras["category_map"].shape == (4, 1, 12, 12)
+    with_labels = model.loss(out, batch)
+    unlabelled = Batch(batch.images, batch.tokens, batch.lengths, masks=batch.masks, valid=batch.valid)
+    without_labels = model.loss(out, unlabelled)
+    assert with_labels > without_labels
+    with_labels.backward()
+    branch = (model.alpha_logit, model.log_temperature, model.category_head[1].weight, model.text_classifier[0].weight)
+    for param in branch:
+        assert param.grad is not None and param.grad.abs().sum() > 0
+    alpha = out.extras["alpha"].item()
+    assert 0 < alpha < 1 and alpha == pytest.approx(0.7)
+    # GloVe stays frozen (a non-persistent buffer, no parameter at all).
+    assert not any("embed" in name for name, _ in model.named_parameters())
+    assert "text.glove" not in model.state_dict()
+
+
+def test_lstm_cnn_plus_options() -> None:
+    model = create_model("lstm_cnn_plus", text="minilm", category_text="both", **SMALL)
+    assert model.checkpoint_exclude() == ["backbone.", "text.model."]
+    tokens, lengths = model.tokenize(["a zebra", "the sky"])
+    with torch.no_grad():
+        out = model(Batch(torch.randn(2, 3, 64, 64), tokens, lengths))
+    assert out.logits.shape == (2, 1, 64, 64) and model.class_vectors.shape == (135, 384)
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn_plus", embedding="learned", category_text="zero_shot", **SMALL)
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn_plus", category_source="pascal", **SMALL)

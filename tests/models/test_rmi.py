@@ -1,0 +1,152 @@
+"""RMI (paper 3 §3.3): overfitting, shapes, determinism, padding, per-word maps, export."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from shaperef_fixtures import overfit, shaperef_batch
+
+from refseg.data.shapes import generate_samples
+from refseg.models import create_model
+from refseg.models.base import Batch
+
+SMALL = dict(pretrained=False, hidden=32, visual_dim=32, mlstm_hidden=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many tiny ops: one thread is much faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> list[str]:
+    from refseg.models.text import Vocab
+
+    pool = generate_samples(32, seed=0, size=96, kinds=["attribute"], per_scene=2)
+    return Vocab.build(s.sentence for s in pool).to_list()
+
+
+def text_batch(model, texts: list[str], size: int = 64, seed: int = 0) -> Batch:
+    tokens, lengths = model.tokenize(texts)
+    images = torch.randn(len(texts), 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return Batch(images=images, tokens=tokens, lengths=lengths, texts=texts)
+
+
+def feature_iou(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """IoU on the logit grid against the targets as the loss sees them (area-resized, > 0.5)."""
+    target = F.adaptive_avg_pool2d(batch.masks, logits.shape[-2:]) > 0.5
+    pred = logits > 0
+    return (pred & target).sum((1, 2, 3)).float() / (pred | target).sum((1, 2, 3)).clamp(min=1).float()
+
+
+def test_overfits_four_shaperef_samples(vocab):
+    torch.manual_seed(0)
+    model = create_model("rmi", vocab=vocab)
+    batch = shaperef_batch(model)
+    assert len(batch.texts) == 4
+    canvas = overfit(model, batch, steps=200)
+    with torch.no_grad():
+        grid = feature_iou(model(batch).logits, batch)
+    # Eq. 6 trains at feature resolution (stride 8: 12x12 for 96 px), where the fit is near exact;
+    # on the canvas the bilinearly upsampled stride-8 map bounds the IoU of these small shapes.
+    assert bool((grid >= 0.9).all()), grid
+    assert bool((canvas >= 0.75).all()), canvas
+
+
+@pytest.mark.parametrize("size", [75, 61])
+def test_output_shapes_for_odd_sizes(vocab, size):
+    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the red circle", "blue"], size=size)
+    with torch.no_grad():
+        out = model(batch)
+    side = -(-size // 8)
+    assert out.logits.shape == (2, 1, side, side)
+    assert out.extras["word_maps"].shape == (2, batch.tokens.shape[1], side, side)
+
+
+def test_same_seed_same_output_and_another_seed_differs(vocab):
+    outputs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        model = create_model("rmi", vocab=vocab, **SMALL).eval()
+        with torch.no_grad():
+            outputs.append(model(text_batch(model, ["green square left"])).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    assert not torch.allclose(outputs[0], outputs[2])
+
+
+def test_gradients_reach_the_text_encoder(vocab):
+    model = create_model("rmi", vocab=vocab, **SMALL)
+    batch = text_batch(model, ["the red circle", "pink star"])
+    batch.masks = (torch.rand(2, 1, 64, 64) > 0.7).float()
+    model.loss(model(batch), batch).backward()
+    for name in ("text.embed.weight", "text.lstm.weight_ih_l0", "word_gates.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_padding_tokens_change_nothing_and_word_maps_follow_the_words(vocab):
+    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the dotted red square", "green"])
+    padded = Batch(images=batch.images, tokens=F.pad(batch.tokens, (0, 3)), lengths=batch.lengths)
+    with torch.no_grad():
+        out, out_padded = model(batch), model(padded)
+    torch.testing.assert_close(out.logits, out_padded.logits)
+    steps = batch.tokens.shape[1]
+    torch.testing.assert_close(out.extras["word_maps"], out_padded.extras["word_maps"][:, :steps])
+    maps = out.extras["word_maps"]
+    for b, length in enumerate(batch.lengths.tolist()):
+        # the final logits are the map after the last real word; padded steps repeat it
+        for t in range(length - 1, maps.shape[1]):
+            torch.testing.assert_close(maps[b, t], out.logits[b, 0])
+    assert not torch.allclose(maps[0, 0], maps[0, 3])  # the state moves while real words are read
+    other = Batch(images=batch.images, tokens=batch.tokens.clone(), lengths=batch.lengths)
+    other.tokens[0, 2] = model.tokenize(["blue"])[0][0, 0]
+    with torch.no_grad():
+        assert not torch.allclose(model(other).logits[0], out.logits[0])  # but real words do matter
+
+
+def test_cached_features_and_config_round_trip(vocab):
+    torch.manual_seed(0)
+    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the red circle"])
+    rebuilt = create_model("rmi", **json.loads(json.dumps(model.config))).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = model(batch).logits
+        cached = Batch(images=None, tokens=batch.tokens, lengths=batch.lengths,
+                       features=model.encode_image(batch.images))
+        torch.testing.assert_close(model(cached).logits, expected)
+        torch.testing.assert_close(rebuilt(batch).logits, expected)
+    assert model.backbone_frozen and model.checkpoint_exclude() == []  # pretrained=False: backbone is saved
+    assert "backbone." in create_model("rmi", vocab=vocab, hidden=8, visual_dim=8, mlstm_hidden=8).checkpoint_exclude()
+
+
+def test_onnx_export_matches_torch(vocab, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+
+    class Graph(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images, tokens, lengths):
+            return self.model(Batch(images=images, tokens=tokens, lengths=lengths)).logits
+
+    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the red circle", "blue"], size=48)
+    path = tmp_path / "rmi.onnx"
+    torch.onnx.export(Graph(model), (batch.images, batch.tokens, batch.lengths), str(path), dynamo=False,
+                      input_names=["images", "tokens", "lengths"], output_names=["logits"])
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {"images": batch.images.numpy(), "tokens": batch.tokens.numpy(),
+                             "lengths": batch.lengths.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(batch).logits.numpy(), atol=1e-4)

@@ -1,0 +1,162 @@
+"""STEP (paper 4 §3): overfitting, levels, shapes, attention, determinism, padding, export."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from shaperef_fixtures import overfit, shaperef_batch
+
+from refseg.data.shapes import generate_samples
+from refseg.errors import ConfigError
+from refseg.models import create_model
+from refseg.models.base import Batch
+
+WIDTHS = dict(hidden=64, visual_dim=64, attention_dim=64, embed_space_dim=64)
+SMALL = dict(pretrained=False, hidden=16, visual_dim=16, attention_dim=8, embed_space_dim=8, gru_hidden=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many tiny ops: one thread is much faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> list[str]:
+    from refseg.models.text import Vocab
+
+    pool = generate_samples(32, seed=0, size=96, kinds=["attribute"], per_scene=2)
+    return Vocab.build(s.sentence for s in pool).to_list()
+
+
+def text_batch(model, texts: list[str], size: int = 64, seed: int = 0) -> Batch:
+    tokens, lengths = model.tokenize(texts)
+    images = torch.randn(len(texts), 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return Batch(images=images, tokens=tokens, lengths=lengths, texts=texts)
+
+
+def test_overfits_four_shaperef_samples(vocab):
+    torch.manual_seed(0)
+    model = create_model("step", vocab=vocab, **WIDTHS)
+    batch = shaperef_batch(model)
+    assert len(batch.texts) == 4
+    ious = overfit(model, batch, steps=200)
+    assert bool((ious >= 0.9).all()), ious
+
+
+def test_five_levels_from_the_backbone(vocab):
+    model = create_model("step", vocab=vocab, **SMALL)
+    with torch.no_grad():
+        levels = model.encode_image(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in levels] == [24, 40, 112, 320, 1280]  # lite0: 4 taps + head conv
+    assert [f.shape[-1] for f in levels] == [16, 8, 8, 8, 8]  # strides 4, 8, 8, 8, 8 at output stride 8
+    assert model.steps == 5
+
+
+@pytest.mark.parametrize("size,grid_stride,folds", [(75, 4, 1), (61, 8, 2)])
+def test_output_shapes_for_odd_sizes(vocab, size, grid_stride, folds):
+    model = create_model("step", vocab=vocab, grid_stride=grid_stride, folds=folds, **SMALL).eval()
+    batch = text_batch(model, ["the red circle", "blue"], size=size)
+    with torch.no_grad():
+        out = model(batch)
+    side, steps = -(-size // grid_stride), 5 * folds
+    assert out.logits.shape == (2, 1, side, side)
+    assert out.extras["word_attention"].shape == (2, steps, batch.tokens.shape[1])
+    assert out.extras["step_maps"].shape == (2, steps, side, side)
+    torch.testing.assert_close(out.extras["step_maps"][:, -1:], out.logits)
+
+
+@pytest.mark.parametrize("bad", [dict(folds=0), dict(grid_stride=2), dict(backbone_last="head")])
+def test_bad_options_are_config_errors(vocab, bad):
+    with pytest.raises(ConfigError):
+        create_model("step", vocab=vocab, **{**SMALL, **bad})
+
+
+def test_word_attention_sums_to_one_over_real_tokens(vocab):
+    model = create_model("step", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the dotted red square", "green", "pink star"])
+    with torch.no_grad():
+        attention = model(batch).extras["word_attention"]
+    real = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).float()
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, model.steps))
+    assert bool((attention * (1 - real[:, None, :]) == 0).all())
+    assert bool((attention[0] > 0).all())
+
+
+def test_same_seed_same_output_and_another_seed_differs(vocab):
+    outputs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        model = create_model("step", vocab=vocab, **SMALL).eval()
+        with torch.no_grad():
+            outputs.append(model(text_batch(model, ["green square left"])).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    assert not torch.allclose(outputs[0], outputs[2])
+
+
+def test_gradients_reach_the_text_encoder(vocab):
+    model = create_model("step", vocab=vocab, **SMALL)
+    batch = text_batch(model, ["the red circle", "pink star"])
+    batch.masks = (torch.rand(2, 1, 64, 64) > 0.7).float()
+    model.loss(model(batch), batch).backward()
+    params = dict(model.named_parameters())
+    for name in ("text.embed.weight", "text.lstm.weight_ih_l0", "text.lstm_backward.weight_ih_l0", "psi.weight"):
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+
+
+def test_padding_tokens_change_nothing(vocab):
+    model = create_model("step", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the dotted red square", "green"])
+    padded = Batch(images=batch.images, tokens=F.pad(batch.tokens, (0, 3)), lengths=batch.lengths)
+    with torch.no_grad():
+        out, out_padded = model(batch), model(padded)
+    torch.testing.assert_close(out.logits, out_padded.logits)
+    steps = batch.tokens.shape[1]
+    torch.testing.assert_close(out.extras["word_attention"], out_padded.extras["word_attention"][..., :steps])
+    other = Batch(images=batch.images, tokens=batch.tokens.clone(), lengths=batch.lengths)
+    other.tokens[0, 2] = model.tokenize(["blue"])[0][0, 0]
+    with torch.no_grad():
+        assert not torch.allclose(model(other).logits[0], out.logits[0])  # real words do matter
+
+
+def test_cached_features_and_config_round_trip(vocab):
+    torch.manual_seed(0)
+    model = create_model("step", vocab=vocab, folds=2, **SMALL).eval()
+    batch = text_batch(model, ["the red circle"])
+    rebuilt = create_model("step", **json.loads(json.dumps(model.config))).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = model(batch).logits
+        cached = Batch(images=None, tokens=batch.tokens, lengths=batch.lengths,
+                       features=model.encode_image(batch.images))
+        torch.testing.assert_close(model(cached).logits, expected)
+        torch.testing.assert_close(rebuilt(batch).logits, expected)
+
+
+def test_onnx_export_matches_torch(vocab, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+
+    class Graph(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images, tokens, lengths):
+            return self.model(Batch(images=images, tokens=tokens, lengths=lengths)).logits
+
+    model = create_model("step", vocab=vocab, **SMALL).eval()
+    batch = text_batch(model, ["the red circle", "blue"], size=48)
+    path = tmp_path / "step.onnx"
+    torch.onnx.export(Graph(model), (batch.images, batch.tokens, batch.lengths), str(path), dynamo=False,
+                      input_names=["images", "tokens", "lengths"], output_names=["logits"])
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {"images": batch.images.numpy(), "tokens": batch.tokens.numpy(),
+                             "lengths": batch.lengths.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(batch).logits.numpy(), atol=1e-4)

@@ -1,0 +1,55 @@
+"""Fixtures of the reliability tests: the red-pixel test model (shared with tests/api) behind the
+three user surfaces — the Python API, the ``refseg`` CLI (in process) and the HTTP server."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+for helpers in ("api", "engine"):  # tiny_segmenter.py, tiny_engine_model.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / helpers))
+
+from tiny_segmenter import save_red_model  # noqa: E402
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def red_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the red-pixel model (mask = the red pixels of the photo)."""
+    return save_red_model(tmp_path_factory.mktemp("red_model"), max_words=6, image_size=IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def segmenter(red_checkpoint: Path):
+    from refseg.api import Segmenter
+
+    return Segmenter.from_pretrained(red_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def client(segmenter):
+    """The HTTP app with its default limits around the red-pixel segmenter."""
+    from fastapi.testclient import TestClient
+
+    from refseg.serve.app import create_app
+
+    with TestClient(create_app(segmenter)) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run ``refseg ARGS`` in process; returns (exit code, stdout, stderr)."""
+    from refseg.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+            raise SystemExit(0)
+        captured = capsys.readouterr()
+        return exit_info.value.code or 0, captured.out, captured.err
+
+    return run
+
