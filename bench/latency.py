@@ -140,7 +140,7 @@ def report(result: dict[str, object], command: str) -> str:
     lines = [
         f"Measured {date.today().isoformat()} with `{command}`",
         f"on {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs visible, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {result['load']:.1f} "
+        f"torch {torch.__version__}, torch threads: {torch.get_num_threads()}; load average {result['load']:.1f} "
         "before the run; the rows were timed in interleaved rounds so they saw the same load).",
         f"Model `{result['model']}` ({result['checkpoint']}, {result['params']:,} parameters), "
         f"canvas {result['image_size']} px, photo {result['photo']} (decoded array input).",

@@ -8,9 +8,13 @@
   describe the whole canvas: the model never knows where the letterbox padding starts.
 * :func:`bilinear_deconv` — a 2s x 2s transposed convolution with stride s initialised to
   bilinear interpolation (paper 1 §3.3, FCN-32s style upsampling).
+* :func:`conv1x1_over_concat` — a 1x1 convolution over a channel concatenation of feature
+  maps and tiled vectors, computed part by part without building the concatenation.
 * :func:`tile` and :func:`conv_block`.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +61,30 @@ def add_coords(features: Tensor, kind: str = "2d") -> Tensor:
 def tile(vector: Tensor, h: int, w: int) -> Tensor:
     """[B, D] → [B, D, h, w] (the same vector at every location)."""
     return vector[:, :, None, None].expand(-1, -1, h, w)
+
+
+def conv1x1_over_concat(conv: nn.Conv2d, parts: Sequence[Tensor]) -> Tensor:
+    """``conv`` (1x1) applied to the channel concatenation of ``parts``, without building it.
+
+    A 1x1 convolution is linear in its input channels: over [x_1; ...; x_k] it equals
+    b + sum_k W_k x_k, with W_k the weight columns of part k. A part is a feature map
+    [B or 1, C_k, h, w] or a vector [B, C_k] that stands for its tiling over the map, so a
+    vector costs O(B C_k) instead of O(B C_k h w) and a map with batch 1 (e.g. coordinates) is
+    convolved once for the whole batch. The result [B, out, h, w] equals
+    ``conv(torch.cat(tiled parts, dim=1))`` up to float rounding, with the same parameters.
+    """
+    widths = [int(part.shape[1]) for part in parts]
+    if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 or sum(widths) != conv.in_channels:
+        raise ValueError(f"need an ungrouped 1x1 convolution over {sum(widths)} channels, got {conv}")
+    out: Tensor | None = None
+    for part, weight in zip(parts, conv.weight.flatten(1).split(widths, dim=1)):
+        bias = conv.bias if out is None else None  # added once, by the first part
+        if part.dim() == 2:
+            term = F.linear(part, weight, bias)[:, :, None, None]
+        else:
+            term = F.conv2d(part, weight[:, :, None, None], bias)
+        out = term if out is None else out + term
+    return out
 
 
 def bilinear_kernel(size: int) -> Tensor:

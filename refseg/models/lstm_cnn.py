@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
 from refseg.models.image_text import ImageTextModel
-from refseg.models.layers import add_coords, bilinear_deconv, l2_normalize, tile
+from refseg.models.layers import bilinear_deconv, conv1x1_over_concat, coord_channels, l2_normalize
 
 STAGES = ("low", "high")
 
@@ -19,7 +18,11 @@ class LstmCnnHead(nn.Module):
     """Paper 1 §3.3: tile the L2-normalised h_T over the L2-normalised feature map with 2-d
     coordinates (D* = D_im + D_text + 2), classify every location with two 1x1 convolutions
     (D_cls hidden units, ReLU) into a low-resolution response map, then upsample it with a
-    2s x 2s deconvolution of stride s initialised to bilinear interpolation."""
+    2s x 2s deconvolution of stride s initialised to bilinear interpolation.
+
+    The first 1x1 convolution over [visual; coordinates; tiled text] is evaluated part by part
+    (:func:`conv1x1_over_concat`): the text enters as one vector per expression and the
+    coordinates once per map, instead of D_text + 2 channels at every location."""
 
     def __init__(self, visual_dim: int, text_dim: int, classifier: int, stride: int) -> None:
         super().__init__()
@@ -38,8 +41,10 @@ class LstmCnnHead(nn.Module):
         """
         h, w = visual.shape[-2:]
         visual = l2_normalize(visual) * math.sqrt(visual.shape[1])
-        language = tile(l2_normalize(sentence, dim=1) * math.sqrt(sentence.shape[1]), h, w)
-        return self.classifier(torch.cat([add_coords(visual, "2d"), language], dim=1))
+        coords = coord_channels(h, w, "2d", device=visual.device, dtype=visual.dtype)
+        language = l2_normalize(sentence, dim=1) * math.sqrt(sentence.shape[1])
+        hidden = conv1x1_over_concat(self.classifier[0], [visual, coords, language])
+        return self.classifier[1:](hidden)
 
     def high_res(self, low: Tensor, canvas: int) -> Tensor:
         """[B, 1, h, w] → [B, 1, S, S] (the deconvolution output cropped to the canvas)."""
@@ -68,6 +73,10 @@ class LstmCnn(ImageTextModel):
         check_stage(stage)
         super().__init__(classifier=classifier, stage=stage, **shared)
         self.head = LstmCnnHead(self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1])
+
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        """Only the deepest tap is read (and cached)."""
+        return self.backbone(images)[-1:]
 
     def forward(self, batch: Batch) -> ModelOutput:
         visual = self.image_features(batch)[-1]

@@ -54,7 +54,8 @@ class LstmCnnPlus(ImageTextModel):
       classes (:data:`SEGMENTATION_CATEGORIES`), trained with per-pixel cross-entropy when the
       batch carries ``categories`` labels (weight ``category_weight``) and end to end otherwise;
     * ``"imagenet"`` — the frozen backbone's ImageNet classifier applied at every location
-      (1000 classes, nothing to train on the image side).
+      (1000 classes, nothing to train on the image side). p_image then depends on the photo
+      only, so :meth:`encode_image` computes it once per photo (and the feature cache keeps it).
 
     p_fg^(2) = <p_image, p_text> (eq. 1) and the output probability is
     α p_fg^(1) + (1 − α) p_fg^(2) (eq. 2) with α = sigmoid(a) ∈ (0, 1) learned end to end;
@@ -122,23 +123,41 @@ class LstmCnnPlus(ImageTextModel):
             logits = logits + self.log_temperature.exp() * self.text.zero_shot_scores(text, self.class_vectors)
         return logits
 
-    def image_class_logits(self, visual: Tensor) -> Tensor:
-        """p_image before the softmax: [B, M, h, w]."""
+    def imagenet_probabilities(self, visual: Tensor) -> Tensor:
+        """p_image of the ImageNet source: [B, 1000, h, w] class probabilities at every location."""
+        return self.backbone.imagenet_logits(visual).softmax(dim=1)
+
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        """``[visual]`` (the deepest tap), or ``[p_image, visual]`` for the ImageNet source.
+
+        The deepest tap stays last, as for the other models over the same backbone, so a feature
+        cache shared with them still gives them their input; :meth:`forward` computes p_image
+        itself when the features come without it.
+        """
+        visual = self.backbone(images)[-1]
         if self.config["category_source"] == "imagenet":
-            return self.backbone.imagenet_logits(visual)
-        return self.category_head(visual)
+            return [self.imagenet_probabilities(visual), visual]
+        return [visual]
 
     def forward(self, batch: Batch) -> ModelOutput:
-        visual = self.image_features(batch)[-1]
+        features = self.image_features(batch)
+        visual = features[-1]
         text = self.encode_text(batch)
         low = self.head.low_res(visual, text.sentence)
-        image_logits = self.image_class_logits(visual)
+        category_logits = None
+        if self.config["category_source"] == "segmentation":
+            category_logits = self.category_head(visual)
+            p_image = category_logits.softmax(dim=1)
+        elif len(features) == 2:  # the layout of encode_image
+            p_image = features[0]
+        else:  # taps cached by another model over the same backbone: no p_image among them
+            p_image = self.imagenet_probabilities(visual)
         p_text = self.text_class_logits(text).softmax(dim=-1)
-        category_map = torch.einsum("bmhw,bm->bhw", image_logits.softmax(dim=1), p_text).unsqueeze(1)
+        category_map = torch.einsum("bmhw,bm->bhw", p_image, p_text).unsqueeze(1)
         alpha = torch.sigmoid(self.alpha_logit)
         extras = {"low_res_logits": low, "category_map": category_map, "alpha": alpha.reshape(1)}
-        if self.config["category_source"] == "segmentation":
-            extras["category_logits"] = image_logits
+        if category_logits is not None:
+            extras["category_logits"] = category_logits
         if self.config["stage"] == "low":
             main = low
         else:
