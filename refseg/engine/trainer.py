@@ -24,7 +24,6 @@ import inspect
 import math
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass

@@ -115,7 +115,10 @@ class PerWordBaseline(BackboneModel):
         # The expression's words first (at most T of them); their maps are upsampled to the
         # canvas as FCN-32s does (fixed bilinear interpolation), then combined.
         k = min(batch.tokens.shape[1], word_logits.shape[1])
-        order = present.topk(k, dim=1).indices  # present words first (top-k exports to ONNX)
+        # present words first, ties broken by word index so every runtime picks the same order
+        # (top-k exports to ONNX; plain ties would be resolved differently by onnxruntime)
+        tie_break = torch.arange(present.shape[1], device=present.device) / (2 * present.shape[1])
+        order = (present - tie_break).topk(k, dim=1).indices
         on = present.gather(1, order)
         h, w = word_logits.shape[-2:]
         stride = self.backbone.strides[-1]

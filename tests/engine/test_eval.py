@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from refseg.cli import main
+from refseg.config import load_config
 from refseg.data.manifest import read_manifest
 from refseg.data.transforms import Letterbox
 from refseg.engine.checkpoint import load_model
@@ -18,7 +19,6 @@ from refseg.engine.metrics import MetricAccumulator
 from refseg.engine.trainer import train
 from refseg.postprocess.masks import postprocess
 from tiny_engine_model import tiny_config_text, write_square_manifest
-from refseg.config import load_config
 
 
 @pytest.fixture(scope="module")

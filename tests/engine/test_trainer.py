@@ -10,7 +10,6 @@ import torch
 from refseg.config import load_config
 from refseg.data.dataset import Collator, RefDataset, crop_window, mirror_text
 from refseg.data.sample import RefSample
-from refseg.engine import trainer as trainer_module
 from refseg.engine.checkpoint import load_model, load_training_state
 from refseg.engine.trainer import Trainer, read_csv, train
 from refseg.errors import CheckpointError, ConfigError
