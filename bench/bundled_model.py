@@ -48,10 +48,12 @@ def human_dev_scores(checkpoint: str | Path, items: Sequence[HumanDevItem], crf:
 
 
 def synthesized_val(checkpoint: str | Path) -> dict:
-    """The synthesized-val metrics the trainer stored with the checkpoint (empty if none)."""
+    """The synthesized-val metrics stored with a checkpoint: by the trainer (``metrics``) or by
+    :func:`ship` (``synthesized_val``); empty if none."""
     from refseg.engine.checkpoint import read_header
 
-    return read_header(checkpoint)["meta"].get("metrics") or {}
+    meta = read_header(checkpoint)["meta"]
+    return meta.get("metrics") or meta.get("synthesized_val") or {}
 
 
 def compare(runs: Sequence[str | Path], items: Sequence[HumanDevItem], crf: bool = False) -> str:
