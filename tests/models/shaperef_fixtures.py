@@ -1,7 +1,6 @@
 """Test helpers: a small ShapeRef batch, canvas IoU, and an overfitting loop on cached features."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,13 +9,11 @@ from refseg.data.transforms import letterbox, to_tensor
 from refseg.models.base import Batch, RefSegModel
 
 
-@pytest.fixture
-def single_thread():
-    """Small models step faster on one thread when the two CPU cores are shared and busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def text_batch(model: RefSegModel, texts: list[str], size: int = 64, seed: int = 0) -> Batch:
+    """A batch of random images with the given expressions (for shape and gradient tests)."""
+    tokens, lengths = model.tokenize(texts)
+    images = torch.randn(len(texts), 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return Batch(images=images, tokens=tokens, lengths=lengths, texts=texts)
 
 
 def shaperef_batch(model: RefSegModel, n: int = 4, size: int = 96, seed: int = 0, min_area: float = 0.04) -> Batch:

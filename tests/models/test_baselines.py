@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from shaperef_fixtures import overfit, shaperef_batch, single_thread  # noqa: F401  (fixture)
+from shaperef_fixtures import overfit, shaperef_batch
 
 from refseg.data.transforms import Letterbox
 from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
 from refseg.models.text import most_frequent_words
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 SMALL = dict(output_stride=8, hidden=64)
 
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from shaperef_fixtures import single_thread  # noqa: F401  (fixture)
 from torch import Tensor, nn
 
 from refseg.api import Segmenter
@@ -23,7 +22,6 @@ from refseg.models import Batch, create_model
 from refseg.models.layers import add_coords, conv1x1_over_concat, l2_normalize, tile
 from refseg.models.lstm_cnn_plus import probability_to_logit
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 SMALL = dict(output_stride=8, hidden=32, classifier=16)
 SIZE = 64

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from shaperef_fixtures import overfit, shaperef_batch, single_thread  # noqa: F401  (fixture)
+from shaperef_fixtures import overfit, shaperef_batch
 
 from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
@@ -15,7 +15,6 @@ from refseg.models.layers import add_coords, bilinear_deconv, coord_channels
 from refseg.models.losses import category_cross_entropy, weighted_bce
 
 SMALL = dict(output_stride=8, hidden=64, classifier=64)
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------------------- layers

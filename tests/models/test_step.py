@@ -7,38 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from shaperef_fixtures import overfit, shaperef_batch
+from shaperef_fixtures import overfit, shaperef_batch, text_batch
 
-from refseg.data.shapes import generate_samples
 from refseg.errors import ConfigError
 from refseg.models import create_model
 from refseg.models.base import Batch
 
 WIDTHS = dict(hidden=64, visual_dim=64, attention_dim=64, embed_space_dim=64)
 SMALL = dict(pretrained=False, hidden=16, visual_dim=16, attention_dim=8, embed_space_dim=8, gru_hidden=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny ops: one thread is much faster than two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def vocab() -> list[str]:
-    from refseg.models.text import Vocab
-
-    pool = generate_samples(32, seed=0, size=96, kinds=["attribute"], per_scene=2)
-    return Vocab.build(s.sentence for s in pool).to_list()
-
-
-def text_batch(model, texts: list[str], size: int = 64, seed: int = 0) -> Batch:
-    tokens, lengths = model.tokenize(texts)
-    images = torch.randn(len(texts), 3, size, size, generator=torch.Generator().manual_seed(seed))
-    return Batch(images=images, tokens=tokens, lengths=lengths, texts=texts)
 
 
 def test_overfits_four_shaperef_samples(vocab):
