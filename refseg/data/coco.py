@@ -261,7 +261,7 @@ def region_samples(
         if region.category_id not in crowded:
             by_category.setdefault(region.category_id, []).append(region)
     return [
-        _sample(item, f"c{category_id}", clean_category(regions[0].category), regions, "category")
+        region_sample(item, f"c{category_id}", clean_category(regions[0].category), regions, "category")
         for category_id, regions in sorted(by_category.items())
     ]
 
@@ -277,11 +277,11 @@ def _synthesized_samples(item: ImageRegions, n: int, rng: np.random.Generator) -
         if unknown:
             raise ValueError(f"synthesized expression refers to unknown regions {unknown}")
         regions = [by_id[i] for i in expression.region_ids]
-        samples.append(_sample(item, f"s{index}", expression.text, regions, expression.kind))
+        samples.append(region_sample(item, f"s{index}", expression.text, regions, expression.kind))
     return samples
 
 
-def _sample(item: ImageRegions, suffix: str, sentence: str, regions: list[Region], kind: str) -> RefSample:
+def region_sample(item: ImageRegions, suffix: str, sentence: str, regions: list[Region], kind: str) -> RefSample:
     """A sample whose target is the union of ``regions`` (none: no target); mask as RLE."""
     mask = encode_rle(np.logical_or.reduce([r.mask for r in regions])) if regions else None
     meta: dict[str, Any] = {

@@ -76,7 +76,7 @@ def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
     with ``synthesize: 0``, one category-name expression per category — plus caption-grounded
     expressions when ``captions`` is set."""
     from refseg.data.captions import ground_captions
-    from refseg.data.coco import _sample as region_sample
+    from refseg.data.coco import region_sample
     from refseg.data.coco import region_samples
 
     rng = np.random.default_rng(spec.seed)
