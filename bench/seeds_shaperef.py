@@ -33,7 +33,6 @@ from refseg.engine.checkpoint import load_model  # noqa: E402
 from refseg.engine.evaluator import evaluate  # noqa: E402
 from refseg.models.text import split_words  # noqa: E402
 from refseg.engine.trainer import Trainer, build_model  # noqa: E402
-from refseg.models import rmi, step  # noqa: E402,F401  (registers them whatever models/__init__ lists)
 from refseg.models.base import _REGISTRY, list_models  # noqa: E402
 
 MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi", "step")
@@ -247,8 +246,8 @@ def render(results: dict[str, dict], meta: dict) -> str:
     if "rmi" in results and "lstm_cnn" in results:
         gains = []
         for b in buckets:
-            base, rmi = results["lstm_cnn"]["by_length"][b]["overall_iou"], results["rmi"]["by_length"][b]["overall_iou"]
-            gains.append("–" if not base or rmi is None else f"{100 * (rmi - base) / base:+.1f} %")
+            base, ours = results["lstm_cnn"]["by_length"][b]["overall_iou"], results["rmi"]["by_length"][b]["overall_iou"]
+            gains.append("–" if not base or ours is None else f"{100 * (ours - base) / base:+.1f} %")
         lines.append("| RMI relative gain over LSTM-CNN | " + " | ".join(gains) + " |")
         lines += ["", "Mean IoU by length (same buckets):", "",
                   "| model | " + " | ".join(buckets) + " |", "|---|" + "---:|" * len(buckets)]

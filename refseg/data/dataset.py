@@ -89,8 +89,11 @@ def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
                 regions = [by_id[i] for i in expression.region_ids]
                 part.append(region_sample(item, f"cap{k}", expression.text, regions, expression.kind))
         labelled = category_regions(item.regions, spec.kind)
+        label_of = {r.id: segmentation_label(r.category_id, spec.kind) for r in item.regions}
         for sample in part:
             sample.meta[CATEGORY_REGIONS] = labelled  # one list shared by the photo's samples
+            targets = {label_of[i] for i in sample.meta["region_ids"]}
+            sample.meta[TARGET_CATEGORY] = targets.pop() if len(targets) == 1 else -1
         samples.extend(part)
     return samples
 
@@ -98,19 +101,27 @@ def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
 #: ``RefSample.meta`` key: ``[(label, RLE), ...]`` of every region of the photo, where ``label``
 #: indexes :data:`refseg.models.categories.SEGMENTATION_CATEGORIES` (LSTM-CNN+ category head).
 CATEGORY_REGIONS = "category_regions"
+#: ``RefSample.meta`` key: the label (same space) of the sample's target when all its regions share
+#: one, else -1. It supervises the text→category classifier of LSTM-CNN+.
+TARGET_CATEGORY = "target_category"
+
+
+def segmentation_label(category_id: int, kind: str) -> int:
+    """A COCO category id or CamVid class index → index in the segmentation label space (-1: none)."""
+    from refseg.models.categories import CAMVID_TO_SEGMENTATION, COCO_ID_TO_SEGMENTATION
+
+    if kind == "camvid":
+        return CAMVID_TO_SEGMENTATION[category_id]
+    return COCO_ID_TO_SEGMENTATION.get(category_id, -1)
 
 
 def category_regions(regions: list, kind: str) -> list[tuple[int, dict]]:
     """Per-region category labels (COCO ids or CamVid classes → segmentation label space) + RLE."""
     from refseg.data.masks import encode_rle
-    from refseg.models.categories import CAMVID_TO_SEGMENTATION, COCO_ID_TO_SEGMENTATION
 
     out = []
     for region in regions:
-        if kind == "camvid":
-            label = CAMVID_TO_SEGMENTATION[region.category_id]
-        else:
-            label = COCO_ID_TO_SEGMENTATION.get(region.category_id, -1)
+        label = segmentation_label(region.category_id, kind)
         if label >= 0:
             out.append((label, encode_rle(region.mask)))
     return out
@@ -310,6 +321,7 @@ class RefDataset(Dataset):
             "valid": torch.from_numpy(box.valid()).float()[None],
             "image": None if self.cached else to_tensor(box.image(np.ascontiguousarray(rgb))),
             "categories": None if labels is None else torch.from_numpy(letterbox_labels(labels, box)),
+            "target_category": -1 if pasted else int(sample.meta.get(TARGET_CATEGORY, -1)),
         }
         if self.with_targets:
             item["target"] = None if sample.mask is None else mask
@@ -373,6 +385,9 @@ class Collator:
             batch.categories = torch.stack(
                 [it["categories"] if it["categories"] is not None else unlabelled for it in items]
             )
+        target_categories = [it["target_category"] for it in items]
+        if max(target_categories) >= 0:
+            batch.target_categories = torch.tensor(target_categories, dtype=torch.long)
         return Collated(
             batch=batch,
             indices=[it["index"] for it in items],

@@ -26,6 +26,7 @@ class Batch:
     valid: Tensor | None = None  # [B, 1, S, S] float, 1 inside the image, 0 on padding
     features: list[Tensor] | None = None  # cached backbone taps (frozen backbone fast path)
     categories: Tensor | None = None  # [B, S, S] long category labels, -1 = ignore (LSTM-CNN+ seg head)
+    target_categories: Tensor | None = None  # [B] long category of each target, -1 = unknown (LSTM-CNN+)
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(x):

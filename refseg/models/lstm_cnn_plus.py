@@ -21,6 +21,7 @@ from refseg.models.text_encoders import TextFeatures
 
 CATEGORY_SOURCES = ("segmentation", "imagenet")
 CATEGORY_TEXT = ("learned", "zero_shot", "both")
+FUSIONS = ("average", "logit")
 _EPS = 1e-6
 
 
@@ -57,11 +58,22 @@ class LstmCnnPlus(ImageTextModel):
       (1000 classes, nothing to train on the image side). p_image then depends on the photo
       only, so :meth:`encode_image` computes it once per photo (and the feature cache keeps it).
 
-    p_fg^(2) = <p_image, p_text> (eq. 1) and the output probability is
-    α p_fg^(1) + (1 − α) p_fg^(2) (eq. 2) with α = sigmoid(a) ∈ (0, 1) learned end to end;
-    ``logits`` are the logit of that probability. Extras: ``low_res_logits`` (main branch),
-    ``category_map`` (p_fg^(2) at feature resolution), ``alpha``, and
-    ``category_logits`` (segmentation source).
+    p_fg^(2) = <p_image, p_text> (eq. 1). ``fusion="average"`` is eq. 2: the output probability
+    is α p_fg^(1) + (1 − α) p_fg^(2) with α = sigmoid(a) ∈ (0, 1) learned end to end, and
+    ``logits`` are its logit. ``fusion="logit"`` (ours) adds the logits instead,
+    logit p_fg^(1) + β logit p_fg^(2) with β learned (``alpha`` then reports β): the main branch
+    can veto a location of the named category (the zebra on the *right*), which the average of
+    eq. 2 cannot do once α < 1/2.
+
+    ``feature_dropout`` drops backbone feature entries in training, before both branches: with a few
+    hundred photos the heads otherwise memorise the frozen features of the training photos.
+
+    When the batch carries ``target_categories`` (the category of each target, known for
+    synthesized data) and the source is ``"segmentation"`` (their label space), the text→category classifier is also trained directly with
+    cross-entropy (weight ``text_category_weight``), as the text classifier of §2.3 is trained
+    on labelled text. Extras: ``low_res_logits`` (main branch), ``category_map`` (p_fg^(2) at
+    feature resolution), ``alpha``, ``text_category_logits``, and ``category_logits``
+    (segmentation source).
     """
 
     def __init__(
@@ -72,6 +84,9 @@ class LstmCnnPlus(ImageTextModel):
         category_text: str = "both",
         category_hidden: int = 256,
         category_weight: float = 1.0,
+        text_category_weight: float = 0.5,
+        fusion: str = "average",
+        feature_dropout: float = 0.0,
         alpha_init: float = 0.7,
         embedding: str = "glove_full",
         freeze_embedding: bool = True,
@@ -82,6 +97,10 @@ class LstmCnnPlus(ImageTextModel):
             raise ConfigError(f"category_source must be one of {CATEGORY_SOURCES}, got {category_source!r}")
         if category_text not in CATEGORY_TEXT:
             raise ConfigError(f"category_text must be one of {CATEGORY_TEXT}, got {category_text!r}")
+        if fusion not in FUSIONS:
+            raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not 0.0 <= feature_dropout < 1.0:
+            raise ConfigError(f"feature_dropout must be in [0, 1), got {feature_dropout}")
         if not 0.0 < alpha_init < 1.0:
             raise ConfigError(f"alpha_init must be in (0, 1), got {alpha_init}")
         super().__init__(
@@ -91,6 +110,9 @@ class LstmCnnPlus(ImageTextModel):
             category_text=category_text,
             category_hidden=category_hidden,
             category_weight=category_weight,
+            text_category_weight=text_category_weight,
+            fusion=fusion,
+            feature_dropout=feature_dropout,
             alpha_init=alpha_init,
             embedding=embedding,
             freeze_embedding=freeze_embedding,
@@ -98,6 +120,7 @@ class LstmCnnPlus(ImageTextModel):
         )
         visual_dim, stride = self.backbone.channels[-1], self.backbone.strides[-1]
         self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride)
+        self.feature_dropout = nn.Dropout(feature_dropout)
         names = category_names(category_source)
         if category_source == "segmentation":
             self.category_head = nn.Sequential(
@@ -111,7 +134,10 @@ class LstmCnnPlus(ImageTextModel):
             # Class-name vectors are rebuilt from the packages at construction, never saved.
             self.register_buffer("class_vectors", self.text.encode_phrases(names), persistent=False)
             self.log_temperature = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
+        if fusion == "average":
+            self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
+        else:
+            self.category_scale = nn.Parameter(torch.tensor(1.0))
 
     def text_class_logits(self, text: TextFeatures) -> Tensor:
         """p_text before the softmax: [B, M]."""
@@ -141,7 +167,7 @@ class LstmCnnPlus(ImageTextModel):
 
     def forward(self, batch: Batch) -> ModelOutput:
         features = self.image_features(batch)
-        visual = features[-1]
+        visual = self.feature_dropout(features[-1])
         text = self.encode_text(batch)
         low = self.head.low_res(visual, text.sentence)
         category_logits = None
@@ -152,10 +178,16 @@ class LstmCnnPlus(ImageTextModel):
             p_image = features[0]
         else:  # taps cached by another model over the same backbone: no p_image among them
             p_image = self.imagenet_probabilities(visual)
-        p_text = self.text_class_logits(text).softmax(dim=-1)
-        category_map = torch.einsum("bmhw,bm->bhw", p_image, p_text).unsqueeze(1)
-        alpha = torch.sigmoid(self.alpha_logit)
-        extras = {"low_res_logits": low, "category_map": category_map, "alpha": alpha.reshape(1)}
+        text_logits = self.text_class_logits(text)
+        category_map = torch.einsum("bmhw,bm->bhw", p_image, text_logits.softmax(dim=-1)).unsqueeze(1)
+        average = self.config["fusion"] == "average"
+        alpha = torch.sigmoid(self.alpha_logit) if average else self.category_scale
+        extras = {
+            "low_res_logits": low,
+            "category_map": category_map,
+            "alpha": alpha.reshape(1),
+            "text_category_logits": text_logits,
+        }
         if category_logits is not None:
             extras["category_logits"] = category_logits
         if self.config["stage"] == "low":
@@ -166,13 +198,20 @@ class LstmCnnPlus(ImageTextModel):
             grid = (category_map.shape[-2] * stride, category_map.shape[-1] * stride)
             category_map = F.interpolate(category_map, size=grid, mode="bilinear", align_corners=False)
             category_map = category_map[..., : main.shape[-2], : main.shape[-1]]
-        fused = alpha * torch.sigmoid(main) + (1 - alpha) * category_map
-        return ModelOutput(probability_to_logit(fused), extras)
+        if average:
+            return ModelOutput(probability_to_logit(alpha * torch.sigmoid(main) + (1 - alpha) * category_map), extras)
+        return ModelOutput(main + alpha * probability_to_logit(category_map), extras)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
         """Weighted logistic loss on the fused output, plus per-pixel cross-entropy of the
-        category segmentation head where the batch has category labels."""
+        category segmentation head where the batch has category labels, plus cross-entropy of
+        the text→category classifier where it has target categories."""
         loss = weighted_bce(out.logits, batch.masks, batch.valid)
+        labelled_text = batch.target_categories is not None and (batch.target_categories >= 0).any()
+        if labelled_text and self.config["category_source"] == "segmentation":  # labels index that space
+            loss = loss + self.config["text_category_weight"] * F.cross_entropy(
+                out.extras["text_category_logits"], batch.target_categories, ignore_index=-1
+            )
         if batch.categories is not None and "category_logits" in out.extras:
             loss = loss + self.config["category_weight"] * category_cross_entropy(
                 out.extras["category_logits"], batch.categories

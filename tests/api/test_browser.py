@@ -6,7 +6,6 @@ Needs ``pip install playwright`` (extra ``test``) and ``/usr/bin/chromium``
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 

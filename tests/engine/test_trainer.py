@@ -219,3 +219,14 @@ def test_category_labels_follow_the_photo_through_flip_and_letterbox():
     batch = Collator(lambda texts: (torch.ones(len(texts), 1, dtype=torch.long), torch.ones(len(texts), dtype=torch.long)))(items).batch
     assert batch.categories.shape == (2, 32, 32) and (batch.categories[1] == -1).all()
     assert torch.equal(batch.categories[0], plain)
+    assert batch.target_categories is None  # no sample knows its target's category
+
+
+def test_target_categories_reach_the_batch_unless_pasted_over():
+    from refseg.data.dataset import TARGET_CATEGORY
+
+    samples = square_samples(2, seed=5)
+    samples[0].meta[TARGET_CATEGORY] = 4
+    collate = Collator(lambda texts: (torch.ones(len(texts), 1, dtype=torch.long), torch.ones(len(texts), dtype=torch.long)))
+    batch = collate([RefDataset(samples, 32)[i] for i in range(2)]).batch
+    assert batch.target_categories.tolist() == [4, -1]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
 from refseg.models.layers import add_coords, bilinear_deconv, coord_channels
 from refseg.models.losses import category_cross_entropy, weighted_bce
+from refseg.models.lstm_cnn_plus import probability_to_logit
 
 SMALL = dict(output_stride=8, hidden=64, classifier=64)
 
@@ -164,6 +166,46 @@ def test_category_branch_and_alpha_train() -> None:
     # GloVe stays frozen (a non-persistent buffer, no parameter at all).
     assert not any("embed" in name for name, _ in model.named_parameters())
     assert "text.glove" not in model.state_dict()
+
+
+def test_text_category_supervision_and_logit_fusion() -> None:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn_plus", category_hidden=32, fusion="logit", **SMALL)
+    batch = shaperef_batch(model)
+    out = model(batch)
+    assert not hasattr(model, "alpha_logit") and out.extras["alpha"].item() == pytest.approx(1.0)
+    # Logit fusion: the output is the main branch's logit plus beta * logit(category map).
+    main = model.head.high_res(out.extras["low_res_logits"], batch.images.shape[-1])
+    category = F.interpolate(out.extras["category_map"], scale_factor=8, mode="bilinear")
+    expected = main + probability_to_logit(category)
+    torch.testing.assert_close(out.logits, expected, atol=1e-4, rtol=1e-4)
+    plain = model.loss(out, batch)
+    batch.target_categories = torch.tensor([0, -1, 5, -1])
+    supervised = model.loss(out, batch)
+    assert supervised > plain
+    model.zero_grad()
+    (supervised - plain).backward()  # the text cross-entropy alone reaches the text classifier
+    assert model.text_classifier[0].weight.grad.abs().sum() > 0
+    assert not model.category_head[1].weight.grad.any()  # the image side is untouched
+    # Labels of the segmentation space are not applied to the 1000 ImageNet classes.
+    imagenet = create_model("lstm_cnn_plus", category_source="imagenet", category_hidden=32, **SMALL)
+    out = imagenet(batch)
+    assert imagenet.loss(out, batch) == imagenet.loss(out, replace(batch, target_categories=None))
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn_plus", fusion="max", **SMALL)
+
+
+def test_feature_dropout_acts_only_in_training() -> None:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn_plus", category_hidden=32, feature_dropout=0.5, **SMALL)
+    batch = shaperef_batch(model)
+    model.train()
+    assert not torch.equal(model(batch).logits, model(batch).logits)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch).logits, model(batch).logits)
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn_plus", feature_dropout=1.0, **SMALL)
 
 
 def test_lstm_cnn_plus_options() -> None:
