@@ -8,11 +8,14 @@ Run from the repository root::
     python -m bench.bundled_model sweep configs/bundled_levers.yaml   # lever runs, one shared feature cache
     python -m bench.bundled_model references                       # whole image, category oracle
     python -m bench.bundled_model compare runs/bundled runs/bundled_lstm_cnn ...
-    python -m bench.bundled_model ship runs/bundled                # → refseg/weights/default.safetensors
+    python -m bench.bundled_model thresholds runs/bundled          # synthesized-val IoU per decision threshold
+    python -m bench.bundled_model ship runs/bundled --threshold 0.4   # → refseg/weights/default.safetensors
 
 ``compare`` prints a markdown table (one row per run): the best synthesized-val mean / overall
 IoU recorded by the trainer, and the human-dev scores of that best checkpoint, overall and per
 expression kind (unique / disambiguate / stuff / set). ``--crf`` adds DenseCRF-refined rows.
+``thresholds`` scores a run on the synthesized val split of its training config at several decision
+thresholds; the shipped threshold is chosen there, never on the human dev set.
 """
 from __future__ import annotations
 
@@ -36,14 +39,18 @@ def checkpoint_of(run: str | Path) -> Path:
     return resolve_model_path(Path(run))
 
 
-def human_dev_scores(checkpoint: str | Path, items: Sequence[HumanDevItem], crf: bool = False) -> dict:
-    """Human-dev summaries (overall and per kind) of one checkpoint, at its training image size."""
+def human_dev_scores(
+    checkpoint: str | Path, items: Sequence[HumanDevItem], crf: bool = False, threshold: float | None = None
+) -> dict:
+    """Human-dev summaries (overall and per kind) of one checkpoint, at its training image size and
+    its own decision threshold unless ``threshold`` is given."""
     from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate
+    from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
     model, meta = load_model(checkpoint)
-    image_size = int(meta.get("image_size") or model.config.get("image_size", 320))
-    accumulator = evaluate(model, [item.sample for item in items], image_size, crf=crf)
+    threshold = model_threshold(meta) if threshold is None else threshold
+    samples = [item.sample for item in items]
+    accumulator = evaluate(model, samples, model_image_size(model, meta), threshold=threshold, crf=crf)
     return by_kind(items, accumulator)
 
 
@@ -84,21 +91,53 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def ship(run: str | Path, items: Sequence[HumanDevItem] | None, out: Path = SHIPPED) -> Path:
+def threshold_sweep(
+    run: str | Path, thresholds: Sequence[float], config: str | Path = REPO / "configs" / "bundled.yaml"
+) -> str:
+    """Markdown table: synthesized-val mean / overall IoU of a run at each decision threshold (the
+    val split of ``config``; backbone features computed once)."""
+    import torch
+
+    from refseg.config import load_config
+    from refseg.data.dataset import FeatureCache, RefDataset, load_samples
+    from refseg.engine.checkpoint import load_model
+    from refseg.engine.evaluator import evaluate, model_image_size
+
+    model, meta = load_model(checkpoint_of(run))
+    size = model_image_size(model, meta)
+    samples = load_samples(load_config(config), "val")
+    cache = None
+    if model.backbone_frozen:
+        cache = FeatureCache(torch.float16)
+        cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
+    rows = ["| threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|"]
+    for threshold in thresholds:
+        summary = evaluate(model, samples, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()
+        rows.append(f"| {threshold:g} | {_pct(summary['mean_iou'])} | {_pct(summary['overall_iou'])} | {_pct(summary['prec@0.5'])} |")
+    return "\n".join(rows)
+
+
+def ship(
+    run: str | Path, items: Sequence[HumanDevItem] | None, out: Path = SHIPPED, threshold: float = 0.5
+) -> Path:
     """Write the run's best checkpoint as the bundled model (float16, frozen pretrained parts left
-    out), with its synthesized-val and human-dev numbers and the training command in ``meta``."""
+    out), with its decision threshold, synthesized-val and human-dev numbers and the training
+    command in ``meta``."""
     from refseg.engine.checkpoint import load_model, save_model
 
     checkpoint = checkpoint_of(run)
     model, meta = load_model(checkpoint)
+    if not 0.0 < threshold < 1.0:
+        raise SystemExit(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
     shipped_meta = {
         "image_size": meta.get("image_size"),
+        "threshold": threshold,
         "training_command": TRAINING_COMMAND,
         "synthesized_val": synthesized_val(checkpoint),
         "train_config": meta.get("train_config"),
     }
     if items is not None:
-        human = human_dev_scores(checkpoint, items)
+        human = human_dev_scores(checkpoint, items, threshold=threshold)
         shipped_meta["human_dev"] = {k: v for k, v in human["all"].items() if k != "by_length"}
     path = save_model(out, model, shipped_meta, half=True)
     size = path.stat().st_size
@@ -166,14 +205,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_parser = commands.add_parser("sweep", help="train the variants of a lever plan, one shared feature cache")
     sweep_parser.add_argument("plan", type=Path)
     sweep_parser.add_argument("--only", nargs="*", default=(), help="variant names to run (default: all)")
+    thresholds_parser = commands.add_parser("thresholds", help="synthesized-val IoU of a run per decision threshold")
+    thresholds_parser.add_argument("run", type=Path)
+    thresholds_parser.add_argument("--values", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
     ship_parser.add_argument("run", type=Path)
+    ship_parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored with the model")
     ship_parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
 
     if args.command == "sweep":
         for run in sweep(args.plan, args.only):
             print(run)
+        return 0
+    if args.command == "thresholds":
+        print(threshold_sweep(args.run, args.values))
         return 0
     items = load_human_dev(args.data) if args.data.is_dir() else None
     if items is None and args.command != "ship":
@@ -186,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "compare":
         print(compare(args.runs, items, crf=args.crf))
     else:
-        print(ship(args.run, items, args.out))
+        print(ship(args.run, items, args.out, args.threshold))
     return 0
 
 

@@ -182,19 +182,28 @@ class Segmenter:
             runner = TorchRunner(model, device)
         return cls(model, image_size=int(size), runner=runner, meta=meta)
 
+    @property
+    def threshold(self) -> float:
+        """The model's decision threshold: stored with the checkpoint, else 0.5."""
+        from refseg.engine.evaluator import model_threshold
+
+        return model_threshold(self.meta)
+
     def predict(
         self,
         image: ImageInput,
         text: str | Sequence[str],
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         crf: bool = False,
     ) -> Prediction | list[Prediction]:
         """Segment what ``text`` refers to in ``image`` (path, bytes, PIL image or RGB array).
 
         A list of expressions returns a list of predictions (the image is encoded once).
-        ``crf=True`` refines each probability map with DenseCRF (extra ``crf``).
+        ``threshold`` defaults to the model's (:attr:`threshold`). ``crf=True`` refines each
+        probability map with DenseCRF (extra ``crf``).
         """
         texts = _check_texts(text)
+        threshold = self.threshold if threshold is None else threshold
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
         refine = None

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("texts", nargs="+", help="expressions to add, in order")
     parser.add_argument("--model", default=None, help="checkpoint or shipped name (default: bundled)")
     parser.add_argument("--sample", default="rocket", help="sample photo to pick")
-    parser.add_argument("--threshold", default="0.5")
+    parser.add_argument("--threshold", default="", help="default: the model's own")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     with socket.socket() as sock:
@@ -53,7 +53,8 @@ def main() -> None:
             page.goto(f"http://127.0.0.1:{port}/")
             page.get_by_role("button", name=args.sample, exact=True).click()
             page.wait_for_selector('#figure[data-state="photo"]')
-            page.get_by_label("Threshold").fill(args.threshold)
+            if args.threshold:
+                page.get_by_label("Threshold").fill(args.threshold)
             for count, text in enumerate(args.texts, start=1):
                 page.get_by_label("Describe the region to segment").fill(text)
                 page.get_by_role("button", name="Segment").click()

@@ -29,7 +29,9 @@ def register(app: typer.Typer) -> None:
             None, "--plot", help="Precision-vs-IoU-threshold PNG (default: next to --json, else not drawn)."
         ),
         crf: bool = typer.Option(False, "--crf", help="Refine with DenseCRF (needs the crf extra)."),
-        threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold of the mask."),
+        threshold: Optional[float] = typer.Option(
+            None, "--threshold", min=0.0, max=1.0, help="Probability threshold of the mask (default: the model's)."
+        ),
         image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas size (default: the model's)."),
         batch_size: int = typer.Option(16, "--batch-size"),
         device: str = typer.Option("cpu", "--device"),
@@ -115,10 +117,11 @@ def _score(console, samples, model_name, pred_dir, save_pred, crf, threshold, im
     from rich.progress import Progress
 
     from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate, model_image_size
+    from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
     model, meta = load_model(model_name, device=device)
     size = image_size or model_image_size(model, meta)
+    threshold = model_threshold(meta) if threshold is None else threshold
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"evaluating {model.name} at {size} px", total=len(samples))
         accumulator = evaluate(

@@ -33,7 +33,9 @@ def segment(
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Also write the mask tinted on the photo (PNG)."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Also write the probability heat map (PNG)."),
     crf: bool = typer.Option(False, "--crf", help="Refine the mask with DenseCRF (extra 'crf')."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Probability threshold."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Probability threshold (default: the model's; 0.5 unless stored)."
+    ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help="Run the network with torch or onnxruntime."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),

@@ -27,6 +27,17 @@ def model_image_size(model: RefSegModel, meta: dict, default: int = 320) -> int:
     return int(meta.get("image_size") or model.config.get("image_size") or default)
 
 
+def model_threshold(meta: dict) -> float:
+    """The decision threshold stored with a model (chosen on held-out data when it was shipped),
+    else :data:`~refseg.postprocess.masks.DEFAULT_THRESHOLD`."""
+    from refseg.errors import CheckpointError
+
+    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
+    if not 0.0 < threshold < 1.0:
+        raise CheckpointError(f"checkpoint threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
+
+
 @torch.inference_mode()
 def evaluate(
     model: RefSegModel,

@@ -67,8 +67,10 @@ class PredictionLike(Protocol):
 class SegmenterLike(Protocol):
     """What the server needs from :class:`refseg.api.Segmenter`."""
 
+    threshold: float  # the model's default decision threshold
+
     def predict(
-        self, image: Any, text: str | list[str], threshold: float = 0.5, crf: bool = False
+        self, image: Any, text: str | list[str], threshold: float | None = None, crf: bool = False
     ) -> PredictionLike | list[PredictionLike]: ...
 
 
@@ -81,6 +83,7 @@ def describe_model(segmenter: Any, source: str | Path | None, runtime: str) -> d
         "checkpoint": resolve_model_path(source).name,
         "runtime": runtime,
         "image_size": segmenter.image_size,
+        "threshold": segmenter.threshold,
     }
 
 
@@ -210,7 +213,7 @@ class _BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
-async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], float, bool]:
+async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], float | None, bool]:
     """Validate the multipart fields; raises 422 with a one-line reason."""
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
@@ -229,8 +232,12 @@ async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], floa
             raise _InputError(
                 422, f"expression is {len(text)} characters long (limit {limits.max_text_chars})"
             )
-    threshold = _parse_float(form.get("threshold", "0.5"), "threshold")
-    if not 0.0 < threshold < 1.0:
+    raw_threshold = form.get("threshold")
+    if raw_threshold is None or not str(raw_threshold).strip():
+        threshold = None  # the model's own
+    else:
+        threshold = _parse_float(raw_threshold, "threshold")
+    if threshold is not None and not 0.0 < threshold < 1.0:
         raise _InputError(422, f"threshold must be between 0 and 1 (exclusive), got {threshold}")
     heatmap = str(form.get("heatmap", "false")).strip().lower() in ("1", "true", "yes", "on")
     image_bytes = await upload.read()
@@ -243,13 +250,14 @@ def _respond(
     segmenter: SegmenterLike,
     image_bytes: bytes,
     texts: list[str],
-    threshold: float,
+    threshold: float | None,
     heatmap: bool,
     as_json: bool,
     max_pixels: int,
 ) -> Response:
     """Decode, segment and encode the answer (on the worker thread: all the CPU work of a request)."""
     start = time.perf_counter()
+    threshold = segmenter.threshold if threshold is None else threshold
     try:
         rgb = load_image(image_bytes, max_pixels=max_pixels)
         predictions = segmenter.predict(rgb, texts, threshold=threshold)

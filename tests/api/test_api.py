@@ -93,6 +93,21 @@ def test_threshold_moves_the_mask(segmenter: Segmenter) -> None:
         segmenter.predict(rgb, "red", threshold=1.5)
 
 
+def test_threshold_stored_with_the_model_is_the_default(tmp_path: Path) -> None:
+    from refseg.engine.checkpoint import load_model, save_model
+
+    model, _ = load_model(save_red_model(tmp_path))
+    strict = Segmenter.from_pretrained(save_model(tmp_path / "strict.safetensors", model, {"threshold": 0.99}))
+    assert strict.threshold == 0.99
+    rgb, _ = red_square_photo(40, 40, (5, 5, 25, 25))
+    default = strict.predict(rgb, "red")
+    np.testing.assert_array_equal(default.mask, strict.predict(rgb, "red", threshold=0.99).mask)
+    assert Segmenter.from_pretrained(save_red_model(tmp_path)).threshold == 0.5  # nothing stored
+    broken = Segmenter.from_pretrained(save_model(tmp_path / "bad.safetensors", model, {"threshold": 1.5}))
+    with pytest.raises(CheckpointError, match="threshold"):
+        broken.predict(rgb, "red")
+
+
 @pytest.mark.parametrize("bad", ["", "   \n\t", [], ["ok", " "], [3]])
 def test_empty_or_non_string_text_is_a_text_error(segmenter: Segmenter, bad) -> None:
     with pytest.raises(TextError):

@@ -121,7 +121,9 @@ class _HalvesSegmenter:
         self.release.set()
         self.entered = threading.Event()
 
-    def predict(self, image, text, threshold=0.5, crf=False):
+    threshold = 0.5
+
+    def predict(self, image, text, threshold=None, crf=False):
         self.entered.set()
         assert self.release.wait(timeout=30)
         h, w = image.shape[:2]
@@ -134,6 +136,19 @@ class _HalvesSegmenter:
                 mask[:, w // 2 :] = True
             out.append(_Pred(mask, mask.astype(np.float32), 1.0, t, t.split()))
         return out
+
+
+def test_an_omitted_threshold_is_the_models_own(photo) -> None:
+    segmenter = _HalvesSegmenter()
+    segmenter.threshold = 0.3
+    seen = []
+    predict = segmenter.predict
+    segmenter.predict = lambda image, text, threshold=None, crf=False: seen.append(threshold) or predict(image, text)
+    client = TestClient(create_app(segmenter))
+    assert _post(client, photo[0], "left", json=True).json()["threshold"] == 0.3
+    assert _post(client, photo[0], "left", json=True, threshold="").json()["threshold"] == 0.3
+    assert _post(client, photo[0], "left", json=True, threshold="0.7").json()["threshold"] == 0.7
+    assert seen == [0.3, 0.3, 0.7]
 
 
 def test_several_texts_as_png_give_the_union(photo) -> None:
@@ -202,6 +217,7 @@ def test_health_page_and_samples(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok"
     assert health["model"]["name"] == "_test_red" and health["model"]["checkpoint"] == "red.safetensors"
+    assert health["model"]["threshold"] == 0.5
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     for asset in ("/static/app.js", "/static/style.css"):

@@ -13,6 +13,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import bundled_model  # noqa: E402
 from bench.human_dev.build import load_human_dev  # noqa: E402
+from refseg.api import Segmenter  # noqa: E402
 from refseg.engine.checkpoint import load_model, save_model  # noqa: E402
 from refseg.models import create_model  # noqa: E402
 
@@ -28,7 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def test_ship_writes_a_small_half_precision_model_that_loads(run_dir, tmp_path):
-    out = bundled_model.ship(run_dir, items=None, out=tmp_path / "default.safetensors")
+    out = bundled_model.ship(run_dir, items=None, out=tmp_path / "default.safetensors", threshold=0.4)
     with safe_open(str(out), framework="pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
     assert dtypes == {torch.float16}
@@ -37,6 +38,9 @@ def test_ship_writes_a_small_half_precision_model_that_loads(run_dir, tmp_path):
     assert model.name == "lstm_cnn"
     assert meta["training_command"] == bundled_model.TRAINING_COMMAND
     assert meta["synthesized_val"]["mean_iou"] == 0.25
+    assert meta["threshold"] == 0.4 and Segmenter.from_pretrained(out).threshold == 0.4
+    with pytest.raises(SystemExit, match="threshold"):
+        bundled_model.ship(run_dir, items=None, out=tmp_path / "other.safetensors", threshold=1.0)
     assert out.stat().st_size <= bundled_model.MAX_SHIPPED_BYTES
 
 
@@ -47,3 +51,20 @@ def test_compare_reports_val_and_human_dev(run_dir, shared_data):
     cells = [c.strip() for c in table[2].strip("|").split("|")]
     assert cells[:3] == ["tiny", "25.0", "50.0"]
     assert 0.0 <= float(cells[3]) <= 100.0
+
+
+def test_threshold_sweep_scores_the_config_val_split_per_threshold(run_dir, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {name: lstm_cnn}\n"
+        "data:\n"
+        "  image_size: 64\n"
+        "  train: [{kind: shaperef, n: 8, seed: 0, options: {size: 64}}]\n"
+        "  val: [{kind: shaperef, n: 8, seed: 1, options: {size: 64}}]\n"
+    )
+    table = bundled_model.threshold_sweep(run_dir, [0.0, 1.0], config).splitlines()
+    assert table[0].startswith("| threshold | synth val mIoU") and len(table) == 4
+    everything, nothing = (row.split(" | ") for row in table[2:])
+    # threshold 0 marks every pixel, 1 (almost) none: the scores differ.
+    assert everything[0] == "| 0" and nothing[0] == "| 1"
+    assert everything[1] != nothing[1]

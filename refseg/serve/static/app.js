@@ -74,7 +74,8 @@ async function segment(text) {
   const form = new FormData();
   form.append("image", state.photo, state.photoName);
   form.append("text", text);
-  form.append("threshold", $("threshold-input").value || "0.5");
+  const threshold = $("threshold-input").value;
+  if (threshold) form.append("threshold", threshold); // empty: the model's own threshold
   form.append("heatmap", "true");
   const response = await fetch("/segment", {
     method: "POST",
