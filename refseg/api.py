@@ -27,7 +27,7 @@ from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError, TextError
 from refseg.models.base import Batch, ModelOutput, RefSegModel
 from refseg.models.text import UNK, split_words
-from refseg.postprocess.masks import DEFAULT_THRESHOLD, logits_to_probability, probability_to_mask
+from refseg.postprocess.masks import logits_to_probability, probability_to_mask
 
 #: Canvas side used when neither the caller nor the checkpoint names one.
 DEFAULT_IMAGE_SIZE = 320
