@@ -150,8 +150,9 @@ def ship(
 def sweep(plan_path: str | Path, only: Sequence[str] = ()) -> list[Path]:
     """Train every variant of a lever plan (YAML) in this process; returns the run folders.
 
-    The plan names a ``base`` config (relative to the plan file) and ``variants``, each a ``name``,
-    an optional ``model`` mapping that replaces the base model, and ``overrides`` (``key=value``).
+    The plan names a ``base`` config (relative to the plan file), optional plan-wide ``overrides``
+    (``key=value``, applied first) and ``variants``, each a ``name``, an optional ``model`` mapping
+    that replaces the base model, and its own ``overrides``.
     Runs whose frozen backbones give identical features (same backbone, output stride, last tap and
     image size) share one :class:`~refseg.data.dataset.FeatureCache`, so EfficientNet features are
     computed once per photo view for the whole sweep instead of once per run.
@@ -175,7 +176,7 @@ def sweep(plan_path: str | Path, only: Sequence[str] = ()) -> list[Path]:
         if "model" in variant:
             kwargs = dict(variant["model"])
             config.model = ModelConfig(name=kwargs.pop("name"), kwargs=kwargs)
-        for item in variant.get("overrides", []):
+        for item in [*plan.get("overrides", []), *variant.get("overrides", [])]:
             apply_override(config, item)
         key = _feature_key(config)
         if key not in caches:
