@@ -232,17 +232,11 @@ def render(results: dict[str, dict], meta: dict) -> str:
         row += [f"{r['params']:,}", f"{r['train_min']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     buckets = list(next(iter(results.values()))["by_length"])
-    counts = next(iter(results.values()))["by_length"]
-    lines += [
-        "",
+    lines += breakdown_table(
+        results, "by_length", "overall_iou",
         "**(b) Overall IoU by expression length (words), shaped like paper 3 Tables 2-5** (percent; "
         "buckets of roughly equal size on the test split; the gain row is RMI's relative gain over LSTM-CNN)",
-        "",
-        "| model | " + " | ".join(f"{b} (n={int(counts[b]['n'])})" for b in buckets) + " |",
-        "|---|" + "---:|" * len(buckets),
-    ]
-    for name, r in results.items():
-        lines.append("| " + " | ".join([LABELS[name], *[pct(r["by_length"][b]["overall_iou"]) for b in buckets]]) + " |")
+    )
     if "rmi" in results and "lstm_cnn" in results:
         gains = []
         for b in buckets:
@@ -253,19 +247,28 @@ def render(results: dict[str, dict], meta: dict) -> str:
                   "| model | " + " | ".join(buckets) + " |", "|---|" + "---:|" * len(buckets)]
         for name, r in results.items():
             lines.append("| " + " | ".join([LABELS[name], *[pct(r["by_length"][b]["mean_iou"]) for b in buckets]]) + " |")
-    kinds = list(next(iter(results.values()))["by_kind"])
-    kind_counts = next(iter(results.values()))["by_kind"]
-    lines += [
-        "",
+    lines += breakdown_table(
+        results, "by_kind", "mean_iou",
         "**(c) Mean IoU by ShapeRef expression kind** (percent; `none` = no-target expressions, where "
         "IoU is 1 for an empty prediction)",
+    )
+    return "\n".join(lines) + "\n"
+
+
+def breakdown_table(results: dict[str, dict], group: str, metric: str, title: str) -> list[str]:
+    """Markdown lines: ``title``, then one row per model of ``metric`` in each part of ``group``
+    (``by_length`` buckets or ``by_kind`` kinds), with each part's sample count in the header."""
+    parts = next(iter(results.values()))[group]
+    lines = [
         "",
-        "| model | " + " | ".join(f"{k} (n={int(kind_counts[k]['n'])})" for k in kinds) + " |",
-        "|---|" + "---:|" * len(kinds),
+        title,
+        "",
+        "| model | " + " | ".join(f"{part} (n={int(parts[part]['n'])})" for part in parts) + " |",
+        "|---|" + "---:|" * len(parts),
     ]
     for name, r in results.items():
-        lines.append("| " + " | ".join([LABELS[name], *[pct(r["by_kind"][k]["mean_iou"]) for k in kinds]]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join([LABELS[name], *[pct(r[group][part][metric]) for part in parts]]) + " |")
+    return lines
 
 
 def write_section(path: Path, markdown: str) -> None:

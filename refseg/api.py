@@ -150,6 +150,10 @@ class Segmenter:
             runner = TorchRunner(model, device)
         self.runner: Runner = runner
         self.meta = dict(meta or {})
+        from refseg.engine.evaluator import model_threshold
+
+        #: The model's decision threshold: stored with the checkpoint, else 0.5 (checked here, once).
+        self.threshold: float = model_threshold(self.meta)
 
     def __repr__(self) -> str:
         return f"Segmenter(model={self.model.name!r}, image_size={self.image_size}, runner={type(self.runner).__name__})"
@@ -181,13 +185,6 @@ class Segmenter:
         else:
             runner = TorchRunner(model, device)
         return cls(model, image_size=int(size), runner=runner, meta=meta)
-
-    @property
-    def threshold(self) -> float:
-        """The model's decision threshold: stored with the checkpoint, else 0.5."""
-        from refseg.engine.evaluator import model_threshold
-
-        return model_threshold(self.meta)
 
     def predict(
         self,

@@ -103,9 +103,8 @@ def test_threshold_stored_with_the_model_is_the_default(tmp_path: Path) -> None:
     default = strict.predict(rgb, "red")
     np.testing.assert_array_equal(default.mask, strict.predict(rgb, "red", threshold=0.99).mask)
     assert Segmenter.from_pretrained(save_red_model(tmp_path)).threshold == 0.5  # nothing stored
-    broken = Segmenter.from_pretrained(save_model(tmp_path / "bad.safetensors", model, {"threshold": 1.5}))
-    with pytest.raises(CheckpointError, match="threshold"):
-        broken.predict(rgb, "red")
+    with pytest.raises(CheckpointError, match="threshold"):  # refused at load, before any prediction
+        Segmenter.from_pretrained(save_model(tmp_path / "bad.safetensors", model, {"threshold": 1.5}))
 
 
 @pytest.mark.parametrize("bad", ["", "   \n\t", [], ["ok", " "], [3]])
