@@ -40,17 +40,22 @@ def checkpoint_of(run: str | Path) -> Path:
 
 
 def human_dev_scores(
-    checkpoint: str | Path, items: Sequence[HumanDevItem], crf: bool = False, threshold: float | None = None
+    checkpoint: str | Path,
+    items: Sequence[HumanDevItem],
+    crf: bool = False,
+    threshold: float | None = None,
+    image_size: int | None = None,
 ) -> dict:
-    """Human-dev summaries (overall and per kind) of one checkpoint, at its training image size and
-    its own decision threshold unless ``threshold`` is given."""
+    """Human-dev summaries (overall and per kind) of one checkpoint, at its own canvas size and
+    decision threshold unless ``image_size`` / ``threshold`` are given."""
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
     model, meta = load_model(checkpoint)
     threshold = model_threshold(meta) if threshold is None else threshold
+    size = model_image_size(model, meta) if image_size is None else image_size
     samples = [item.sample for item in items]
-    accumulator = evaluate(model, samples, model_image_size(model, meta), threshold=threshold, crf=crf)
+    accumulator = evaluate(model, samples, size, threshold=threshold, crf=crf)
     return by_kind(items, accumulator)
 
 
@@ -92,10 +97,15 @@ def _pct(value: float | None) -> str:
 
 
 def threshold_sweep(
-    run: str | Path, thresholds: Sequence[float], config: str | Path = REPO / "configs" / "bundled.yaml"
+    run: str | Path,
+    thresholds: Sequence[float],
+    sizes: Sequence[int] = (),
+    config: str | Path = REPO / "configs" / "bundled.yaml",
 ) -> str:
-    """Markdown table: synthesized-val mean / overall IoU of a run at each decision threshold (the
-    val split of ``config``; backbone features computed once)."""
+    """Markdown table: synthesized-val mean / overall IoU of a run at each inference canvas size
+    (default: its training size) and decision threshold (the val split of ``config``; backbone
+    features computed once per size). The models are fully convolutional with coordinates in
+    [-1, 1], so a canvas other than the training one is a valid inference setting to choose."""
     import torch
 
     from refseg.config import load_config
@@ -104,25 +114,32 @@ def threshold_sweep(
     from refseg.engine.evaluator import evaluate, model_image_size
 
     model, meta = load_model(checkpoint_of(run))
-    size = model_image_size(model, meta)
     samples = load_samples(load_config(config), "val")
-    cache = None
-    if model.backbone_frozen:
-        cache = FeatureCache(torch.float16)
-        cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
-    rows = ["| threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|"]
-    for threshold in thresholds:
-        summary = evaluate(model, samples, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()
-        rows.append(f"| {threshold:g} | {_pct(summary['mean_iou'])} | {_pct(summary['overall_iou'])} | {_pct(summary['prec@0.5'])} |")
+    rows = ["| canvas | threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|---|"]
+    for size in sizes or [model_image_size(model, meta)]:
+        cache = None
+        if model.backbone_frozen:
+            cache = FeatureCache(torch.float16)
+            cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
+        for threshold in thresholds:
+            summary = evaluate(model, samples, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()
+            rows.append(
+                f"| {size} | {threshold:g} | {_pct(summary['mean_iou'])} | {_pct(summary['overall_iou'])} "
+                f"| {_pct(summary['prec@0.5'])} |"
+            )
     return "\n".join(rows)
 
 
 def ship(
-    run: str | Path, items: Sequence[HumanDevItem] | None, out: Path = SHIPPED, threshold: float = 0.5
+    run: str | Path,
+    items: Sequence[HumanDevItem] | None,
+    out: Path = SHIPPED,
+    threshold: float = 0.5,
+    image_size: int | None = None,
 ) -> Path:
     """Write the run's best checkpoint as the bundled model (float16, frozen pretrained parts left
-    out), with its decision threshold, synthesized-val and human-dev numbers and the training
-    command in ``meta``."""
+    out), with its decision threshold and inference canvas (default: the training canvas),
+    synthesized-val and human-dev numbers and the training command in ``meta``."""
     from refseg.engine.checkpoint import load_model, save_model
 
     checkpoint = checkpoint_of(run)
@@ -130,14 +147,14 @@ def ship(
     if not 0.0 < threshold < 1.0:
         raise SystemExit(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
     shipped_meta = {
-        "image_size": meta.get("image_size"),
+        "image_size": image_size or meta.get("image_size"),
         "threshold": threshold,
         "training_command": TRAINING_COMMAND,
         "synthesized_val": synthesized_val(checkpoint),
         "train_config": meta.get("train_config"),
     }
     if items is not None:
-        human = human_dev_scores(checkpoint, items, threshold=threshold)
+        human = human_dev_scores(checkpoint, items, threshold=threshold, image_size=image_size)
         shipped_meta["human_dev"] = {k: v for k, v in human["all"].items() if k != "by_length"}
     path = save_model(out, model, shipped_meta, half=True)
     size = path.stat().st_size
@@ -209,9 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds_parser = commands.add_parser("thresholds", help="synthesized-val IoU of a run per decision threshold")
     thresholds_parser.add_argument("run", type=Path)
     thresholds_parser.add_argument("--values", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
+    thresholds_parser.add_argument("--sizes", type=int, nargs="+", default=(), help="inference canvas sizes (default: the training one)")
     ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
     ship_parser.add_argument("run", type=Path)
     ship_parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored with the model")
+    ship_parser.add_argument("--image-size", type=int, default=None, help="inference canvas stored with the model (default: the training one)")
     ship_parser.add_argument("--out", type=Path, default=SHIPPED)
     args = parser.parse_args(argv)
 
@@ -220,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(run)
         return 0
     if args.command == "thresholds":
-        print(threshold_sweep(args.run, args.values))
+        print(threshold_sweep(args.run, args.values, args.sizes))
         return 0
     items = load_human_dev(args.data) if args.data.is_dir() else None
     if items is None and args.command != "ship":
@@ -233,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "compare":
         print(compare(args.runs, items, crf=args.crf))
     else:
-        print(ship(args.run, items, args.out, args.threshold))
+        print(ship(args.run, items, args.out, args.threshold, args.image_size))
     return 0
 
 

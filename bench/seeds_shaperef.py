@@ -243,10 +243,7 @@ def render(results: dict[str, dict], meta: dict) -> str:
             base, ours = results["lstm_cnn"]["by_length"][b]["overall_iou"], results["rmi"]["by_length"][b]["overall_iou"]
             gains.append("–" if not base or ours is None else f"{100 * (ours - base) / base:+.1f} %")
         lines.append("| RMI relative gain over LSTM-CNN | " + " | ".join(gains) + " |")
-        lines += ["", "Mean IoU by length (same buckets):", "",
-                  "| model | " + " | ".join(buckets) + " |", "|---|" + "---:|" * len(buckets)]
-        for name, r in results.items():
-            lines.append("| " + " | ".join([LABELS[name], *[pct(r["by_length"][b]["mean_iou"]) for b in buckets]]) + " |")
+    lines += breakdown_table(results, "by_length", "mean_iou", "Mean IoU by length (same buckets):")
     lines += breakdown_table(
         results, "by_kind", "mean_iou",
         "**(c) Mean IoU by ShapeRef expression kind** (percent; `none` = no-target expressions, where "

@@ -288,9 +288,10 @@ class RefDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        rgb = sample.load_image()
-        mask = sample.load_mask(rgb.shape[:2])
-        labels = category_map(sample, rgb.shape[:2])
+        rgb = None if self.cached else sample.load_image()  # cached features need the size only
+        shape = sample.image_shape() if rgb is None else rgb.shape[:2]
+        mask = sample.load_mask(shape)
+        labels = category_map(sample, shape)
         text = sample.sentence
         flip = False
         pasted = False
@@ -309,9 +310,10 @@ class RefDataset(Dataset):
                 rgb, mask = rgb[window], mask[window]
                 labels = None if labels is None else labels[window]
             if draws[2] < self.augment.hflip:
-                rgb, mask, text, flip = rgb[:, ::-1], mask[:, ::-1], mirror_text(text), True
+                mask, text, flip = mask[:, ::-1], mirror_text(text), True
+                rgb = None if rgb is None else rgb[:, ::-1]
                 labels = None if labels is None else labels[:, ::-1]
-        box = Letterbox(rgb.shape[0], rgb.shape[1], self.image_size)
+        box = Letterbox(mask.shape[0], mask.shape[1], self.image_size)
         item: dict[str, Any] = {
             "index": index,
             "text": text,
@@ -319,7 +321,7 @@ class RefDataset(Dataset):
             "view": (image_key(sample), flip) if not pasted else None,
             "mask": torch.from_numpy(box.mask(np.ascontiguousarray(mask))).float()[None],
             "valid": torch.from_numpy(box.valid()).float()[None],
-            "image": None if self.cached else to_tensor(box.image(np.ascontiguousarray(rgb))),
+            "image": None if rgb is None else to_tensor(box.image(np.ascontiguousarray(rgb))),
             "categories": None if labels is None else torch.from_numpy(letterbox_labels(labels, box)),
             "target_category": -1 if pasted else int(sample.meta.get(TARGET_CATEGORY, -1)),
         }

@@ -27,6 +27,9 @@ MAX_PIXELS = 40_000_000
 #: Pillow formats refseg decodes (JPEG includes the MPO files of phone cameras). Others are refused.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
+#: The EXIF tag that says how the stored pixels are turned for display.
+ORIENTATION_TAG = 0x0112
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
@@ -60,6 +63,32 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except (OSError, ValueError) as exc:  # e.g. a name that is too long or holds a NUL byte
         raise ImageError(f"cannot read image {str(path)[:200]}: {_first_line(exc)}") from None
     return _decode(lambda: Image.open(path, formats=FORMATS), str(path), max_pixels)
+
+
+#: EXIF orientations that display the stored image turned by 90° (width and height swap).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_shape(source: str | Path | np.ndarray) -> tuple[int, int]:
+    """(H, W) of the image :func:`load_image` would return, read from the file header only
+    (EXIF orientation applied), so callers that need just the size skip the decoding."""
+    if isinstance(source, np.ndarray):
+        height, width = _array_to_rgb(source).shape[:2]
+        return height, width
+    path = Path(source)
+    Image.init()
+    try:
+        with Image.open(path, formats=FORMATS) as im:
+            width, height = im.size
+            if im.getexif().get(ORIENTATION_TAG) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {path}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not a readable image (supported: {', '.join(FORMATS)})") from None
+    except Exception as exc:
+        raise ImageError(f"cannot read the header of {path}: {_first_line(exc)}") from None
+    return height, width
 
 
 def _decode(

@@ -53,6 +53,12 @@ class RefSample:
 
         return self.image if isinstance(self.image, np.ndarray) else load_image(self.image)
 
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of :meth:`load_image`, from the file header (no decoding)."""
+        from refseg.data.images import image_shape
+
+        return image_shape(self.image)
+
     def load_mask(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """Boolean [H, W] target; all False when there is no target.
 
@@ -61,5 +67,5 @@ class RefSample:
         from refseg.data.masks import decode_mask
 
         if self.mask is None and size is None:
-            size = self.load_image().shape[:2]
+            size = self.image_shape()
         return decode_mask(self.mask, size)

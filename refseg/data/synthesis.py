@@ -39,6 +39,9 @@ Tri = Optional[bool]  # True, False, or None = unclear
 KINDS = ("category", "attribute", "spatial", "ordinal", "size", "relation", "multi", "stuff", "none")
 CLOTHED = frozenset({"person", "cyclist"})  # their colour is what they wear: "person in red"
 # Person colours are measured on the torso; skin tones would otherwise read as orange / brown / pink.
+# Fewer visible pixels than this in the measured part (an occluded person whose torso is hidden)
+# leave the colour unknown: neither said of the region nor ruled out for it.
+MIN_COLOUR_PIXELS = 16
 _CLOTHING_COLOURS = frozenset({"red", "yellow", "green", "blue", "purple", "black", "white", "gray"})
 SURFACES = frozenset({
     "table", "bed", "couch", "bench", "counter", "shelf", "grass", "snow", "sand", "road", "field", "floor",
@@ -76,7 +79,7 @@ class Entity:
     id: int
     category: str
     mask: np.ndarray
-    colours: dict[str, float] = field(default_factory=dict)
+    colours: dict[str, float] | None = field(default_factory=dict)  # None: not measured
     isthing: bool = True
     attrs: dict[str, str] = field(default_factory=dict)
     targetable: bool = True
@@ -108,6 +111,8 @@ class Entity:
     def colour_is(self, name: str) -> Tri:
         if self.colour == name:
             return True
+        if self.colours is None:  # not measured: too few visible pixels
+            return None
         return False if self.colours.get(name, 0.0) < 0.15 else None
 
     @classmethod
@@ -125,8 +130,9 @@ class Entity:
         image_area = mask.shape[0] * mask.shape[1]
         crowd = bool(region.meta.get("iscrowd") or region.meta.get("crowd"))
         area = int(mask.sum())
+        measured = colour_mask.sum() >= MIN_COLOUR_PIXELS
         return cls(
-            id=region.id, category=category, mask=mask, colours=colour_shares(image[colour_mask]),
+            id=region.id, category=category, mask=mask, colours=colour_shares(image[colour_mask]) if measured else None,
             isthing=region.isthing, targetable=not crowd and area >= min_area * image_area,
             negligible=not crowd and area < negligible_area * image_area,
         )

@@ -39,10 +39,19 @@ class Letterbox:
         return max(1, min(self.size, round(self.orig_w * self.scale)))
 
     def image(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB uint8 [H, W, 3] → letterboxed uint8 [S, S, 3] (zero padding)."""
+        """RGB uint8 [H, W, 3] → letterboxed uint8 [S, S, 3] (zero padding).
+
+        Resized with torch's antialiased bilinear filter on uint8. It agrees with Pillow's
+        ``BILINEAR`` resize up to rounding (one grey level on photos, two on noise) and runs
+        several times faster (vectorised, on torch's threads): the resize is part of every prediction.
+        """
         canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
-        resized = Image.fromarray(rgb).resize((self.inner_w, self.inner_h), Image.BILINEAR)
-        canvas[: self.inner_h, : self.inner_w] = np.asarray(resized)
+        pixels = torch.from_numpy(np.require(rgb, np.uint8, ("C", "W"))).permute(2, 0, 1).unsqueeze(0)  # copies only read-only input
+        if (self.inner_h, self.inner_w) != tuple(rgb.shape[:2]):
+            pixels = F.interpolate(
+                pixels, size=(self.inner_h, self.inner_w), mode="bilinear", antialias=True, align_corners=False
+            )
+        canvas[: self.inner_h, : self.inner_w] = pixels[0].permute(1, 2, 0).numpy()
         return canvas
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
@@ -81,9 +90,12 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return box.image(rgb), box
 
 
+#: ImageNet normalisation on 0..255 pixels as one multiply-add: (x / 255 - mean) / std.
+_PIXEL_SCALE = 1.0 / (255.0 * torch.tensor(IMAGENET_STD)).view(3, 1, 1)
+_PIXEL_SHIFT = -(torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
+
+
 def to_tensor(canvas: np.ndarray) -> torch.Tensor:
     """Letterboxed uint8 [S, S, 3] → ImageNet-normalised float [3, S, S]."""
-    x = torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    pixels = torch.from_numpy(np.require(canvas, requirements=("C", "W"))).permute(2, 0, 1).float()
+    return torch.addcmul(_PIXEL_SHIFT, pixels, _PIXEL_SCALE)

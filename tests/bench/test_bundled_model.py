@@ -62,9 +62,18 @@ def test_threshold_sweep_scores_the_config_val_split_per_threshold(run_dir, tmp_
         "  train: [{kind: shaperef, n: 8, seed: 0, options: {size: 64}}]\n"
         "  val: [{kind: shaperef, n: 8, seed: 1, options: {size: 64}}]\n"
     )
-    table = bundled_model.threshold_sweep(run_dir, [0.0, 1.0], config).splitlines()
-    assert table[0].startswith("| threshold | synth val mIoU") and len(table) == 4
+    table = bundled_model.threshold_sweep(run_dir, [0.0, 1.0], config=config).splitlines()
+    assert table[0].startswith("| canvas | threshold | synth val mIoU") and len(table) == 4
     everything, nothing = (row.split(" | ") for row in table[2:])
-    # threshold 0 marks every pixel, 1 (almost) none: the scores differ.
-    assert everything[0] == "| 0" and nothing[0] == "| 1"
-    assert everything[1] != nothing[1]
+    # threshold 0 marks every pixel, 1 (almost) none: the scores differ. The canvas is the run's own.
+    assert everything[:2] == ["| 64", "0"] and nothing[:2] == ["| 64", "1"]
+    assert everything[2] != nothing[2]
+    resized = bundled_model.threshold_sweep(run_dir, [0.5], sizes=[32, 96], config=config).splitlines()
+    assert [row.split(" | ")[0] for row in resized[2:]] == ["| 32", "| 96"]
+
+
+def test_ship_stores_a_chosen_inference_canvas(run_dir, tmp_path):
+    out = bundled_model.ship(run_dir, items=None, out=tmp_path / "big.safetensors", threshold=0.4, image_size=96)
+    assert load_model(out)[1]["image_size"] == 96 and Segmenter.from_pretrained(out).image_size == 96
+    default = bundled_model.ship(run_dir, items=None, out=tmp_path / "own.safetensors", threshold=0.4)
+    assert load_model(default)[1]["image_size"] == 64

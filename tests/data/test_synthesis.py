@@ -172,6 +172,23 @@ def test_colour_naming_is_robust_and_abstains_when_mixed():
     assert dominant_colour(colour_shares(skin)) is None
 
 
+def test_a_person_with_a_hidden_torso_has_an_unknown_colour_that_blocks_colour_uniqueness():
+    """Only the head of person 2 shows (its torso band is covered): its shirt colour is unknown, so
+    "the person in the red top" cannot single out person 1 however person 2 is dressed."""
+    image = np.full((H, W, 3), 128, dtype=np.uint8)
+    visible, hidden = np.zeros((H, W), dtype=bool), np.zeros((H, W), dtype=bool)
+    visible[20:100, 20:60] = True
+    hidden[10:12, 100:140] = True  # the top rows of a 10..90 box: no pixel in its torso band
+    image[visible | hidden] = COLOURS["red"]
+    first = Entity.from_region(_region(1, "person", visible), image)
+    occluded = Region(2, "person", 0, hidden, (100.0, 10.0, 40.0, 80.0), int(hidden.sum()), True, {})
+    second = Entity.from_region(occluded, image)  # its box still spans the whole person
+    assert first.colour_is("red") is True
+    assert second.colours is None and second.colour is None and second.colour_is("red") is None
+    scene = Scene([first, second], (H, W))
+    assert not scene.describes(Query("person", colour="red"), [1])
+
+
 @pytest.mark.parametrize("raw, clean", [
     ("sky-other-merged", "sky"), ("grass-merged", "grass"), ("wall-other-merged", "wall"),
     ("dining table", "table"), ("door-stuff", "door"), ("floor-wood", "wood floor"), ("pedestrian", "person"),

@@ -8,6 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shaperef_fixtures import overfit, shaperef_batch
 
 from refseg.errors import ConfigError
@@ -51,6 +53,35 @@ def test_deconvolution_starts_as_bilinear_upsampling(stride: int) -> None:
     reference = F.interpolate(x, scale_factor=stride, mode="bilinear", align_corners=False)
     inner = (slice(None), slice(None), slice(stride, -stride), slice(stride, -stride))  # away from the border
     torch.testing.assert_close(y[inner], reference[inner], atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    stride=st.sampled_from([2, 4, 8, 16, 32]),
+    channels=st.integers(1, 3),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_stride_deconvolution_equals_transposed_convolution(stride: int, channels: int, h: int, w: int, seed: int) -> None:
+    """The four-quarter evaluation gives the general transposed convolution's output and gradients
+    for any (trained) kernel, not only the bilinear one it starts as."""
+    torch.manual_seed(seed)
+    deconv = bilinear_deconv(channels, stride)
+    with torch.no_grad():
+        deconv.weight.normal_()
+        deconv.bias.normal_()
+    x = torch.randn(2, channels, h, w, requires_grad=True)
+    y = deconv(x)
+    reference = F.conv_transpose2d(
+        x, deconv.weight, deconv.bias, stride=stride, padding=stride // 2, groups=channels
+    )
+    torch.testing.assert_close(y, reference, atol=1e-4, rtol=1e-4)
+    upstream = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, deconv.weight, deconv.bias), upstream)
+    reference_grads = torch.autograd.grad(reference, (x, deconv.weight, deconv.bias), upstream)
+    for got, want in zip(grads, reference_grads):
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
 from scipy import ndimage
 
-from refseg.data.transforms import Letterbox
+from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Letterbox, to_tensor
 from refseg.engine.metrics import MetricAccumulator, iou
 from refseg.models import text as T
 
@@ -64,6 +65,29 @@ def test_letterboxed_mask_inverts_to_the_original_away_from_its_boundary(mask: n
     interior = ndimage.binary_erosion(mask, footprint, border_value=1)
     exterior = ndimage.binary_erosion(~mask, footprint, border_value=1)
     assert recovered[interior].all() and not recovered[exterior].any()
+
+
+@settings(max_examples=100, deadline=None)
+@given(h=sizes, w=sizes, size=canvas_sizes, seed=st.integers(0, 2**16))
+def test_letterboxed_image_matches_pillow_and_pads_with_black(h: int, w: int, size: int, seed: int) -> None:
+    """The image part is Pillow's bilinear resize (the filter the models were first trained with)
+    up to rounding: at most two grey levels apart, even on pure noise where both filters' intermediate
+    rounding differs most. The padding is zero."""
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    box = Letterbox(h, w, size)
+    canvas = box.image(rgb)
+    assert canvas.shape == (size, size, 3) and canvas.dtype == np.uint8
+    pillow = np.asarray(Image.fromarray(rgb).resize((box.inner_w, box.inner_h), Image.BILINEAR))
+    inner = canvas[: box.inner_h, : box.inner_w].astype(int)
+    difference = np.abs(inner - pillow.astype(int))
+    assert difference.max() <= 2 and difference.mean() <= 0.5
+    assert not canvas[~box.valid()].any()
+
+
+def test_to_tensor_normalises_with_imagenet_statistics() -> None:
+    canvas = np.random.default_rng(0).integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    expected = (canvas.astype(np.float64) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(to_tensor(canvas).numpy(), expected.transpose(2, 0, 1), atol=1e-5)
 
 
 @settings(max_examples=100, deadline=None)

@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 
 from bad_inputs import BROKEN_IMAGES, VALID_IMAGES, encode, left_half, left_red, png_claiming_size, sixteen_bit_png
 from contracts import assert_json_error, assert_one_line_error
-from refseg.data.images import load_image
+from refseg.data.images import image_shape, load_image
 from refseg.errors import ImageError, ImageTooLargeError
 
 TEXT = "the red half"
@@ -59,6 +59,25 @@ def test_server_segments_odd_photos_at_their_displayed_size(client, name: str) -
     response = client.post("/segment", files={"image": ("photo", VALID_IMAGES[name][0]())}, data={"text": TEXT})
     assert response.status_code == 200, response.text
     assert_mask_follows_display(np.asarray(Image.open(io.BytesIO(response.content))) > 127, name)
+
+
+@pytest.mark.parametrize("name", sorted(VALID_IMAGES))
+def test_header_shape_is_the_decoded_shape(name: str, tmp_path: Path) -> None:
+    """image_shape reads the header only (cached-feature training needs just the size) and agrees
+    with the decoded, EXIF-turned image."""
+    path = tmp_path / f"{name}.img"
+    path.write_bytes(VALID_IMAGES[name][0]())
+    assert image_shape(path) == load_image(path).shape[:2] == VALID_IMAGES[name][1]
+
+
+def test_header_shape_of_a_broken_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(ImageError, match="not a readable image") as info:
+        image_shape(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ImageError, match="not found"):
+        image_shape(tmp_path / "missing.jpg")
 
 
 def test_sixteen_bit_png_keeps_its_full_range() -> None:

@@ -1,0 +1,36 @@
+"""bench/seeds_shaperef.py: the markdown tables it writes into docs/results.md."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.seeds_shaperef import render  # noqa: E402
+
+META = {"command": "python bench/seeds_shaperef.py", "size": 64, "n_train": 8, "n_test": 2, "data_seed": 0,
+        "epochs": 1, "batch_size": 2, "lr": 1e-3, "seeds": [0]}
+
+
+def _result(mean_iou: float) -> dict:
+    part = {"n": 1, "overall_iou": mean_iou, "mean_iou": mean_iou}
+    return {
+        **{f"prec@0.{k}": mean_iou for k in range(5, 10)}, "overall_iou": mean_iou, "mean_iou": mean_iou,
+        "params": 10, "train_min": 0.5,
+        "by_length": {"1-3": dict(part), "4+": dict(part, mean_iou=mean_iou / 2)},
+        "by_kind": {"category": dict(part)},
+    }
+
+
+def test_every_model_gets_its_row_in_every_table_without_rmi():
+    markdown = render({"whole_image": _result(0.1), "lstm_cnn": _result(0.4)}, META)
+    assert "RMI relative gain" not in markdown
+    length_table = markdown.split("Mean IoU by length")[1].split("**(c)")[0]
+    assert "| LSTM-CNN | 40.00 | 20.00 |" in length_table and "| whole image | 10.00 | 5.00 |" in length_table
+    assert "| LSTM-CNN | 40.00 |" in markdown.split("**(c)")[1]
+
+
+def test_rmi_gain_row_compares_with_lstm_cnn():
+    markdown = render({"lstm_cnn": _result(0.4), "rmi": _result(0.5)}, META)
+    assert "| RMI relative gain over LSTM-CNN | +25.0 % | +25.0 % |" in markdown
