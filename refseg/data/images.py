@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,6 +51,31 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             raise ImageError("image is empty (0 bytes)")
         data = bytes(source)
         return _decode(lambda: Image.open(io.BytesIO(data), formats=FORMATS), "uploaded image", max_pixels)
+    path = _readable_path(source)
+    return _decode(lambda: Image.open(path, formats=FORMATS), str(path), max_pixels)
+
+
+#: EXIF orientations that display the stored image turned by 90° (width and height swap).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_shape(source: str | Path | np.ndarray) -> tuple[int, int]:
+    """(H, W) of the image :func:`load_image` would return, read from the file header only
+    (EXIF orientation applied), so callers that need just the size skip the decoding. Errors are
+    those of :func:`load_image`."""
+    if isinstance(source, np.ndarray):
+        height, width = _array_to_rgb(source).shape[:2]
+        return height, width
+    path = _readable_path(source)
+    with _decoder_errors(str(path)), Image.open(path, formats=FORMATS) as im:
+        width, height = im.size
+        if im.getexif().get(ORIENTATION_TAG) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    return height, width
+
+
+def _readable_path(source: object) -> Path:
+    """``source`` as the path of an existing, non-empty file, else a one-line ImageError."""
     if not isinstance(source, (str, Path)):
         raise ImageError(f"expected an image path, bytes, PIL image or array, got {type(source).__name__}")
     path = Path(source)
@@ -62,33 +88,25 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             raise ImageError(f"image is empty (0 bytes): {path}")
     except (OSError, ValueError) as exc:  # e.g. a name that is too long or holds a NUL byte
         raise ImageError(f"cannot read image {str(path)[:200]}: {_first_line(exc)}") from None
-    return _decode(lambda: Image.open(path, formats=FORMATS), str(path), max_pixels)
+    return path
 
 
-#: EXIF orientations that display the stored image turned by 90° (width and height swap).
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
-
-
-def image_shape(source: str | Path | np.ndarray) -> tuple[int, int]:
-    """(H, W) of the image :func:`load_image` would return, read from the file header only
-    (EXIF orientation applied), so callers that need just the size skip the decoding."""
-    if isinstance(source, np.ndarray):
-        height, width = _array_to_rgb(source).shape[:2]
-        return height, width
-    path = Path(source)
-    Image.init()
+@contextmanager
+def _decoder_errors(name: str) -> Iterator[None]:
+    """Every failure of Pillow inside the block → a one-line ImageError / ImageTooLargeError."""
+    Image.init()  # registers every plugin once (Image.open(formats=...) expects them registered)
     try:
-        with Image.open(path, formats=FORMATS) as im:
-            width, height = im.size
-            if im.getexif().get(ORIENTATION_TAG) in _TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
+        yield
+    except RefsegError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name} is too large: {_first_line(exc)}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not a readable image (supported: {', '.join(FORMATS)})") from None
-    except Exception as exc:
-        raise ImageError(f"cannot read the header of {path}: {_first_line(exc)}") from None
-    return height, width
+        raise ImageError(f"{name} is not a readable image (supported: {', '.join(FORMATS)})") from None
+    except MemoryError:
+        raise ImageTooLargeError(f"{name} needs more memory to decode than is available") from None
+    except Exception as exc:  # Pillow's parsers raise many types on malformed files (OSError, SyntaxError, ...)
+        raise ImageError(f"{name} could not be decoded: {_first_line(exc)}") from None
 
 
 def _decode(
@@ -98,8 +116,7 @@ def _decode(
 
     ``owned``: the image was opened here and is closed here (not a caller's PIL image).
     """
-    Image.init()  # registers every plugin once (Image.open(formats=...) expects them registered)
-    try:
+    with _decoder_errors(name):
         im = open_image()
         try:
             if im.width * im.height > max_pixels:
@@ -111,16 +128,6 @@ def _decode(
         finally:
             if owned:
                 im.close()
-    except RefsegError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name} is too large: {_first_line(exc)}") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{name} is not a readable image (supported: {', '.join(FORMATS)})") from None
-    except MemoryError:
-        raise ImageTooLargeError(f"{name} needs more memory to decode than is available") from None
-    except Exception as exc:  # Pillow's parsers raise many types on malformed files (OSError, SyntaxError, ...)
-        raise ImageError(f"{name} could not be decoded: {_first_line(exc)}") from None
 
 
 def _pil_to_rgb(im: Image.Image) -> np.ndarray:

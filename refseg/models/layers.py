@@ -107,6 +107,11 @@ class StrideDeconv(nn.ConvTranspose2d):
     Parameters, state-dict keys and results are those of ``nn.ConvTranspose2d``.
     """
 
+    def __init__(self, channels: int, stride: int) -> None:
+        super().__init__(
+            channels, channels, kernel_size=2 * stride, stride=stride, padding=stride // 2, groups=channels, bias=True
+        )
+
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         s = self.stride[0]
         b, c, h, w = x.shape
@@ -131,9 +136,7 @@ def bilinear_deconv(channels: int, stride: int, learnable: bool = True) -> Strid
     """
     if stride < 2 or stride % 2:
         raise ValueError(f"deconvolution stride must be even and >= 2, got {stride}")
-    deconv = StrideDeconv(
-        channels, channels, kernel_size=2 * stride, stride=stride, padding=stride // 2, groups=channels, bias=True
-    )
+    deconv = StrideDeconv(channels, stride)
     with torch.no_grad():
         deconv.weight.copy_(bilinear_kernel(2 * stride).expand(channels, 1, -1, -1))
         deconv.bias.zero_()
