@@ -104,7 +104,7 @@ def threshold_sweep(
 ) -> str:
     """Markdown table: synthesized-val mean / overall IoU of a run at each inference canvas size
     (default: its training size) and decision threshold (the val split of ``config``; backbone
-    features computed once per size). The models are fully convolutional with coordinates in
+    features computed once per size, fine-tuned backbones included: the weights are fixed here). The models are fully convolutional with coordinates in
     [-1, 1], so a canvas other than the training one is a valid inference setting to choose."""
     import torch
 
@@ -117,10 +117,8 @@ def threshold_sweep(
     samples = load_samples(load_config(config), "val")
     rows = ["| canvas | threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|---|"]
     for size in sizes or [model_image_size(model, meta)]:
-        cache = None
-        if model.backbone_frozen:
-            cache = FeatureCache(torch.float16)
-            cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
+        cache = FeatureCache(torch.float16)
+        cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
         for threshold in thresholds:
             summary = evaluate(model, samples, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()
             rows.append(

@@ -414,7 +414,8 @@ class Collated:
 
 
 class FeatureCache:
-    """Backbone taps of every distinct image view, computed once (frozen backbone only).
+    """Backbone taps of every distinct image view, computed once: for training a frozen backbone,
+    or for evaluating any model (its weights are fixed then).
 
     Views are computed in a fixed order and fixed batch size, so the cached values (and hence
     the training run) do not depend on when the cache was filled — a resumed run gets the

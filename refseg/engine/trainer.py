@@ -165,11 +165,21 @@ def set_stage(model: RefSegModel, stage: str) -> None:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.1) over trainable parameters."""
+    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.1) over trainable parameters.
+
+    Trainable backbone parameters (fine-tuning) form a second group at ``lr * backbone_lr_scale``;
+    the first group, whose rate the log reports, holds everything else."""
     t = config.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
         return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)  # e.g. whole_image
+    params: list[dict] = [{"params": [p for p in trainable if id(p) not in backbone_ids]}]
+    fine_tuned = [p for p in trainable if id(p) in backbone_ids]
+    if fine_tuned:
+        params.append({"params": fine_tuned, "lr": t.lr * t.backbone_lr_scale})
+    params = [group for group in params if group["params"]]
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":

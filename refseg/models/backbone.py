@@ -55,6 +55,10 @@ class Backbone(nn.Module):
     ``self.channels`` channels. The last tap is the 1280-d head output (``last="head"``,
     ImageNet-classifier ready) or the last MBConv block (``last="block"``, 320-d for lite0).
     With ``freeze=True`` every parameter is frozen and batch norm stays in eval mode.
+    ``trainable_stages=N`` (with ``freeze=True``) fine-tunes only the last N of the four
+    stages (1: the stride-32 blocks and the head conv; 4: everything after the stem) while
+    batch norm keeps its ImageNet statistics, as small batches would make them noisy.
+    The ImageNet classifier itself stays frozen.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Backbone(nn.Module):
         output_stride: int = 32,
         freeze: bool = True,
         last: str = "head",
+        trainable_stages: int = 0,
     ) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
@@ -73,6 +78,10 @@ class Backbone(nn.Module):
             raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
         if last not in LAST_TAPS:
             raise ConfigError(f"last tap must be one of {LAST_TAPS}, got {last!r}")
+        if not 0 <= trainable_stages <= 4:
+            raise ConfigError(f"backbone_trainable_stages must be in 0..4, got {trainable_stages}")
+        if trainable_stages and not freeze:
+            raise ConfigError("backbone_trainable_stages fine-tunes part of a frozen backbone; drop freeze_backbone=false")
         # image_size=None selects dynamic "same" padding: nothing depends on the input size.
         self.net = EfficientNet.from_name(model_name, image_size=None)
         if pretrained:
@@ -81,6 +90,7 @@ class Backbone(nn.Module):
         self.name = name
         self.output_stride = output_stride
         self.frozen = freeze
+        self.trainable_stages = trainable_stages
         self.last = last
         self._tap_blocks = self._dilate_and_find_taps(output_stride)
         block_channels = [self.net._blocks[i]._block_args.output_filters for i in self._tap_blocks]
@@ -91,7 +101,22 @@ class Backbone(nn.Module):
         if freeze:
             for p in self.parameters():
                 p.requires_grad_(False)
+            for module in self._stage_modules(trainable_stages):
+                for p in module.parameters():
+                    p.requires_grad_(True)
             self.eval()
+
+    def _stage_modules(self, stages: int) -> list[nn.Module]:
+        """The blocks (and head conv) of the last ``stages`` stages, deepest last."""
+        if stages == 0:
+            return []
+        first = 0 if stages == 4 else self._tap_blocks[3 - stages] + 1
+        return [*self.net._blocks[first:], self.net._conv_head, self.net._bn1]
+
+    @property
+    def fully_frozen(self) -> bool:
+        """No backbone parameter trains: its features can be cached."""
+        return self.frozen and not self.trainable_stages
 
     def _dilate_and_find_taps(self, output_stride: int) -> list[int]:
         """Replace strides beyond ``output_stride`` by dilation; return the block index
@@ -114,7 +139,7 @@ class Backbone(nn.Module):
         return ends
 
     def train(self, mode: bool = True) -> "Backbone":
-        """A frozen backbone stays in eval mode (batch-norm statistics never move)."""
+        """A frozen (or partly fine-tuned) backbone stays in eval mode: batch-norm statistics never move."""
         return super().train(mode and not self.frozen)
 
     def forward(self, images: Tensor) -> list[Tensor]:

@@ -28,14 +28,20 @@ class BackboneModel(RefSegModel):
         output_stride: int = 32,
         freeze_backbone: bool = True,
         backbone_last: str = "head",
+        backbone_trainable_stages: int = 0,
         **config: Any,
     ) -> None:
         super().__init__(
             backbone=backbone, pretrained=pretrained, output_stride=output_stride, freeze_backbone=freeze_backbone,
-            backbone_last=backbone_last, **config
+            backbone_last=backbone_last, backbone_trainable_stages=backbone_trainable_stages, **config
         )
         self.backbone = Backbone(
-            backbone, pretrained=pretrained, output_stride=output_stride, freeze=freeze_backbone, last=backbone_last
+            backbone,
+            pretrained=pretrained,
+            output_stride=output_stride,
+            freeze=freeze_backbone,
+            last=backbone_last,
+            trainable_stages=backbone_trainable_stages,
         )
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
@@ -43,10 +49,10 @@ class BackboneModel(RefSegModel):
 
     @property
     def backbone_frozen(self) -> bool:
-        return self.backbone.frozen
+        return self.backbone.fully_frozen
 
     def checkpoint_exclude(self) -> list[str]:
-        return ["backbone."] if self.backbone.frozen and self.config["pretrained"] else []
+        return ["backbone."] if self.backbone.fully_frozen and self.config["pretrained"] else []
 
     def image_features(self, batch: Batch) -> list[Tensor]:
         """Cached backbone taps when the batch has them, else the backbone run on the images."""

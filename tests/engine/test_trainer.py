@@ -230,3 +230,19 @@ def test_target_categories_reach_the_batch_unless_pasted_over():
     collate = Collator(lambda texts: (torch.ones(len(texts), 1, dtype=torch.long), torch.ones(len(texts), dtype=torch.long)))
     batch = collate([RefDataset(samples, 32)[i] for i in range(2)]).batch
     assert batch.target_categories.tolist() == [4, -1]
+
+
+def test_feature_cache_of_a_trainable_backbone_holds_plain_tensors():
+    """Evaluation may cache a fine-tuned backbone (its weights are fixed then): no autograd graph is kept."""
+    from refseg.data.dataset import FeatureCache
+    from tiny_engine_model import TinyEngineModel
+
+    model = TinyEngineModel(frozen=False)
+    dataset = RefDataset(square_samples(3, seed=4), 32, cached=True)
+    cache = FeatureCache(torch.float32)
+    cache.fill(model, dataset, torch.device("cpu"))
+    view, index = dataset.views()[0]
+    features = cache.features([view], torch.device("cpu"))
+    assert not features[0].requires_grad
+    expected = model.encode_image(dataset.view_image(index, view[1])[None])[0]
+    torch.testing.assert_close(features[0], expected.detach())

@@ -53,6 +53,28 @@ def test_frozen_backbone_stays_in_eval_mode(lite0: Backbone) -> None:
     assert trainable.training and all(p.requires_grad for p in trainable.parameters())
 
 
+@pytest.mark.parametrize("stages", [1, 2, 4])
+def test_partial_fine_tuning_trains_only_the_last_stages(stages: int) -> None:
+    backbone = Backbone(pretrained=False, trainable_stages=stages).train()
+    first_trainable = {1: 11, 2: 5, 4: 0}[stages]  # lite0: blocks 0-2 | 3-4 | 5-10 | 11-15 end the stages
+    blocks = backbone.net._blocks
+    assert all(p.requires_grad for b in blocks[first_trainable:] for p in b.parameters())
+    assert not any(p.requires_grad for b in blocks[:first_trainable] for p in b.parameters())
+    assert all(p.requires_grad for p in backbone.net._conv_head.parameters())
+    assert not any(p.requires_grad for p in [*backbone.net._conv_stem.parameters(), *backbone.net._fc.parameters()])
+    assert not any(m.training for m in backbone.modules())  # batch-norm statistics stay ImageNet's
+    assert not backbone.fully_frozen and Backbone(pretrained=False).fully_frozen
+    taps = backbone(torch.randn(1, 3, 64, 64))
+    assert [tap.requires_grad for tap in taps] == [k >= 4 - stages for k in range(4)]
+
+
+def test_partial_fine_tuning_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="0..4"):
+        Backbone(pretrained=False, trainable_stages=5)
+    with pytest.raises(ConfigError, match="freeze_backbone"):
+        Backbone(pretrained=False, freeze=False, trainable_stages=1)
+
+
 def test_imagenet_head_matches_the_network_classifier(lite0: Backbone) -> None:
     """Average of the per-location logits == the package's own pooled classifier (FC is linear)."""
     images = torch.randn(2, 3, 96, 128)

@@ -250,3 +250,34 @@ def test_lstm_cnn_plus_options() -> None:
         create_model("lstm_cnn_plus", embedding="learned", category_text="zero_shot", **SMALL)
     with pytest.raises(ConfigError):
         create_model("lstm_cnn_plus", category_source="pascal", **SMALL)
+
+
+def test_partly_fine_tuned_backbone_is_saved_and_trained_at_its_own_rate(tmp_path) -> None:
+    """With ``backbone_trainable_stages`` the backbone trains (at lr x backbone_lr_scale), cannot be
+    cached, and its weights go into the checkpoint instead of being rebuilt from ImageNet."""
+    from refseg.config import Config
+    from refseg.engine.checkpoint import load_model, save_model
+    from refseg.engine.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn", vocab=["red", "circle"], backbone_trainable_stages=1, hidden=16, classifier=16)
+    assert not model.backbone_frozen and model.checkpoint_exclude() == []
+    config = Config()
+    config.train.lr, config.train.backbone_lr_scale = 1e-3, 0.1
+    optimizer = build_optimizer(config, model)
+    head, backbone = optimizer.param_groups
+    assert (head["lr"], backbone["lr"]) == (1e-3, pytest.approx(1e-4))
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    imagenet = model.backbone.net._conv_head.weight.detach().clone()
+    batch = Batch(torch.randn(2, 3, 64, 64), *model.tokenize(["red circle", "circle"]), masks=torch.ones(2, 1, 64, 64))
+    model.loss(model(batch), batch).backward()
+    optimizer.step()
+    tuned = model.backbone.net._conv_head.weight.detach().clone()
+    assert not torch.equal(tuned, imagenet)
+    model.eval()
+    with torch.no_grad():
+        expected = model(Batch(batch.images, batch.tokens, batch.lengths)).logits
+    loaded, _ = load_model(save_model(tmp_path / "tuned.safetensors", model))
+    torch.testing.assert_close(loaded.backbone.net._conv_head.weight, tuned)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(Batch(batch.images, batch.tokens, batch.lengths)).logits, expected)
