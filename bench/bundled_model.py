@@ -103,9 +103,11 @@ def threshold_sweep(
     config: str | Path = REPO / "configs" / "bundled.yaml",
 ) -> str:
     """Markdown table: synthesized-val mean / overall IoU of a run at each inference canvas size
-    (default: its training size) and decision threshold (the val split of ``config``; backbone
-    features computed once per size, fine-tuned backbones included: the weights are fixed here). The models are fully convolutional with coordinates in
-    [-1, 1], so a canvas other than the training one is a valid inference setting to choose."""
+    (default: its training size) and decision threshold (the val split of ``config``).
+
+    Backbone features are computed once per size, for fine-tuned backbones too: the weights are
+    fixed here. The models are fully convolutional with coordinates in [-1, 1], so a canvas other
+    than the training one is a valid inference setting to choose."""
     import torch
 
     from refseg.config import load_config

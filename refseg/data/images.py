@@ -62,9 +62,9 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 def image_shape(source: str | Path | np.ndarray) -> tuple[int, int]:
     """(H, W) of the image :func:`load_image` would return, read from the file header only
     (EXIF orientation applied), so callers that need just the size skip the decoding. Errors are
-    those of :func:`load_image`."""
+    those of :func:`load_image` (for arrays: those of their shape and dtype, nothing is converted)."""
     if isinstance(source, np.ndarray):
-        height, width = _array_to_rgb(source).shape[:2]
+        height, width = _checked_array(source).shape[:2]
         return height, width
     path = _readable_path(source)
     with _decoder_errors(str(path)), Image.open(path, formats=FORMATS) as im:
@@ -144,13 +144,19 @@ def _pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
-def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+def _checked_array(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as an H x W x C view, or a one-line ImageError when its shape or dtype is no image's."""
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or min(arr.shape[:2]) < 1:
         raise ImageError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ImageError(f"image array must hold numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    arr = _checked_array(arr)
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     arr = arr[:, :, :3]

@@ -170,16 +170,15 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     Trainable backbone parameters (fine-tuning) form a second group at ``lr * backbone_lr_scale``;
     the first group, whose rate the log reports, holds everything else."""
     t = config.train
-    backbone = getattr(model, "backbone", None)
-    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    head: list[Tensor] = []
+    backbone: list[Tensor] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (backbone if name.startswith("backbone.") else head).append(param)
+    if not head and not backbone:
         return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)  # e.g. whole_image
-    params: list[dict] = [{"params": [p for p in trainable if id(p) not in backbone_ids]}]
-    fine_tuned = [p for p in trainable if id(p) in backbone_ids]
-    if fine_tuned:
-        params.append({"params": fine_tuned, "lr": t.lr * t.backbone_lr_scale})
-    params = [group for group in params if group["params"]]
+    groups = ({"params": head}, {"params": backbone, "lr": t.lr * t.backbone_lr_scale})
+    params = [group for group in groups if group["params"]]
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":

@@ -199,3 +199,10 @@ def test_mutated_files_decode_or_raise_image_error(seed: int, edits, cut: int) -
     except ImageError:
         return
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and min(rgb.shape[:2]) >= 1
+
+
+def test_header_shape_of_arrays_checks_without_converting() -> None:
+    assert image_shape(np.zeros((7, 5), dtype=np.float64)) == load_image(np.zeros((7, 5))).shape[:2] == (7, 5)
+    assert image_shape(np.zeros((3, 4, 4), dtype=np.uint8)) == (3, 4)
+    with pytest.raises(ImageError, match="HxW"):
+        image_shape(np.zeros((3, 4, 2)))
