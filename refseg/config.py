@@ -112,6 +112,7 @@ class TrainConfig:
     iterations: int = 0  # > 0: stop after this many optimiser steps (overrides epochs)
     batch_size: int = 8  # per process
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    iou_loss_weight: float = 0.0  # > 0: add this × (1 − soft IoU) per sample to the model's loss
     seed: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, off on CPU
     workers: int = 0

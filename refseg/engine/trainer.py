@@ -42,6 +42,7 @@ from refseg.data.dataset import Collator, FeatureCache, RefDataset, load_samples
 from refseg.data.sample import RefSample
 from refseg.errors import CheckpointError, ConfigError
 from refseg.models.base import Batch, RefSegModel, create_model
+from refseg.models.losses import soft_iou
 
 LAST_MODEL = "last.safetensors"
 LAST_STATE = "last_state.pt"
@@ -199,15 +200,20 @@ def lr_factor(config: Config, step: int, total_steps: int, steps_per_epoch: int)
 
 
 class _TrainStep(nn.Module):
-    """Forward + loss in one module so DDP sees the loss and the logits as outputs."""
+    """Forward + loss in one module so DDP sees the loss and the logits as outputs. The model's own
+    loss, plus ``iou_loss_weight`` × the per-sample soft-IoU loss of its logits when that is > 0."""
 
-    def __init__(self, model: RefSegModel) -> None:
+    def __init__(self, model: RefSegModel, iou_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.iou_loss_weight = iou_loss_weight
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         out = self.model(batch)
-        return self.model.loss(out, batch), out.logits
+        loss = self.model.loss(out, batch)
+        if self.iou_loss_weight > 0:
+            loss = loss + self.iou_loss_weight * soft_iou(out.logits, batch.masks, batch.valid)
+        return loss, out.logits
 
 
 def batch_ious(logits: Tensor, batch: Batch) -> Tensor:
@@ -356,6 +362,8 @@ class Trainer:
     def run(self) -> Path:
         """Train; returns the run folder."""
         cfg, rt = self.config, self.runtime
+        if cfg.train.iou_loss_weight < 0:
+            raise ConfigError(f"train.iou_loss_weight must be >= 0, got {cfg.train.iou_loss_weight}")
         self._prepare_out_dir()
         seed_everything(cfg.train.seed)
         self.train_samples = load_samples(cfg, "train")
@@ -400,7 +408,7 @@ class Trainer:
 
         if cache is not None:
             self._fill_cache(cache, model, dataset, "training")
-        step_module: nn.Module = _TrainStep(model)
+        step_module: nn.Module = _TrainStep(model, cfg.train.iou_loss_weight)
         if rt.world > 1:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module,

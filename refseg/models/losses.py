@@ -57,6 +57,23 @@ def bce(logits: Tensor, masks: Tensor | None, valid: Tensor | None = None, resiz
     return weighted_bce(logits, masks, valid, pos_weight=1.0, neg_weight=1.0, resize=resize)
 
 
+def soft_iou(
+    logits: Tensor, masks: Tensor | None, valid: Tensor | None = None, smooth: float = 1.0, resize: str = "area"
+) -> Tensor:
+    """1 − soft IoU (Jaccard) of ``sigmoid(logits)`` and the target, per sample, averaged over the batch.
+
+    Unlike the logistic losses, which average over pixels (large targets dominate), every
+    expression weighs the same, as in the mean-IoU metric. ``smooth`` (in logit-grid cells) keeps a
+    no-target sample's loss defined: it then pushes the whole map towards 0.
+    """
+    target, weight = _targets(logits, masks, valid, resize)
+    prob = torch.sigmoid(logits) * weight
+    target = target * weight
+    intersection = (prob * target).flatten(1).sum(1)
+    union = (prob + target - prob * target).flatten(1).sum(1)
+    return (1 - (intersection + smooth) / (union + smooth)).mean()
+
+
 def multilabel_logistic(
     word_logits: Tensor,
     present: Tensor,

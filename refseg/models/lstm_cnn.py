@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from refseg.errors import ConfigError
@@ -22,15 +23,29 @@ class LstmCnnHead(nn.Module):
 
     The first 1x1 convolution over [visual; coordinates; tiled text] is evaluated part by part
     (:func:`conv1x1_over_concat`): the text enters as one vector per expression and the
-    coordinates once per map, instead of D_text + 2 channels at every location."""
+    coordinates once per map, instead of D_text + 2 channels at every location.
 
-    def __init__(self, visual_dim: int, text_dim: int, classifier: int, stride: int) -> None:
+    ``context`` > 0 (ours; the paper's classifier sees one location at a time) adds that many
+    residual 3x3 convolutions with dilations 1, 2, 4, ... on the hidden D_cls map before the last
+    1x1 convolution (h ← ReLU(h + g·conv(h)), each gate g starting at 0 so training starts from
+    the paper's head), so a location's score can depend on the text-conditioned evidence around it
+    ("the zebra on the left" is the leftmost of the zebras, not whatever lies left of centre)."""
+
+    def __init__(self, visual_dim: int, text_dim: int, classifier: int, stride: int, context: int = 0) -> None:
         super().__init__()
+        if context < 0:
+            raise ConfigError(f"context must be >= 0, got {context}")
         self.classifier = nn.Sequential(
             nn.Conv2d(visual_dim + text_dim + 2, classifier, kernel_size=1),
             nn.ReLU(inplace=True),
             nn.Conv2d(classifier, 1, kernel_size=1),
         )
+        self.context = nn.ModuleList(
+            nn.Conv2d(classifier, classifier, kernel_size=3, padding=2**i, dilation=2**i) for i in range(context)
+        )
+        # one gate per residual branch, starting at 0: training starts from the paper's head and
+        # Adam opens the branches gradually (a zero-initialised convolution would jump instead)
+        self.context_gates = nn.Parameter(torch.zeros(context)) if context else None
         self.deconv = bilinear_deconv(1, stride)
 
     def low_res(self, visual: Tensor, sentence: Tensor) -> Tensor:
@@ -43,8 +58,10 @@ class LstmCnnHead(nn.Module):
         visual = l2_normalize(visual) * math.sqrt(visual.shape[1])
         coords = coord_channels(h, w, "2d", device=visual.device, dtype=visual.dtype)
         language = l2_normalize(sentence, dim=1) * math.sqrt(sentence.shape[1])
-        hidden = conv1x1_over_concat(self.classifier[0], [visual, coords, language])
-        return self.classifier[1:](hidden)
+        hidden = self.classifier[1](conv1x1_over_concat(self.classifier[0], [visual, coords, language]))
+        for i, conv in enumerate(self.context):
+            hidden = torch.relu(hidden + self.context_gates[i] * conv(hidden))
+        return self.classifier[2](hidden)
 
     def high_res(self, low: Tensor, canvas: int) -> Tensor:
         """[B, 1, h, w] → [B, 1, S, S] (the deconvolution output cropped to the canvas)."""
@@ -67,12 +84,15 @@ class LstmCnn(ImageTextModel):
     same parameters) outputs the deconvolved S x S map. ``extras["low_res_logits"]`` always
     holds the coarse map. Paper widths: ``hidden=1000, classifier=500`` (defaults are smaller
     for CPU training); the paper's stride is 32 (``output_stride=8/16`` gives finer maps).
+    ``context`` adds 3x3 context layers to the classifier (:class:`LstmCnnHead`; 0 = the paper).
     """
 
-    def __init__(self, classifier: int = 256, stage: str = "high", **shared: Any) -> None:
+    def __init__(self, classifier: int = 256, stage: str = "high", context: int = 0, **shared: Any) -> None:
         check_stage(stage)
-        super().__init__(classifier=classifier, stage=stage, **shared)
-        self.head = LstmCnnHead(self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1])
+        super().__init__(classifier=classifier, stage=stage, context=context, **shared)
+        self.head = LstmCnnHead(
+            self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1], context
+        )
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Only the deepest tap is read (and cached)."""

@@ -65,6 +65,8 @@ class LstmCnnPlus(ImageTextModel):
     can veto a location of the named category (the zebra on the *right*), which the average of
     eq. 2 cannot do once α < 1/2.
 
+    ``context`` adds 3x3 context layers to the main branch's classifier (:class:`LstmCnnHead`).
+
     ``feature_dropout`` drops backbone feature entries in training, before both branches: with a few
     hundred photos the heads otherwise memorise the frozen features of the training photos.
 
@@ -80,6 +82,7 @@ class LstmCnnPlus(ImageTextModel):
         self,
         classifier: int = 256,
         stage: str = "high",
+        context: int = 0,
         category_source: str = "segmentation",
         category_text: str = "both",
         category_hidden: int = 256,
@@ -106,6 +109,7 @@ class LstmCnnPlus(ImageTextModel):
         super().__init__(
             classifier=classifier,
             stage=stage,
+            context=context,
             category_source=category_source,
             category_text=category_text,
             category_hidden=category_hidden,
@@ -119,7 +123,7 @@ class LstmCnnPlus(ImageTextModel):
             **shared,
         )
         visual_dim, stride = self.backbone.channels[-1], self.backbone.strides[-1]
-        self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride)
+        self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride, context)
         self.feature_dropout = nn.Dropout(feature_dropout)
         names = category_names(category_source)
         if category_source == "segmentation":

@@ -106,6 +106,16 @@ def test_a_second_run_in_the_same_folder_is_refused(tmp_path, manifest):
         train(config, resume=tmp_path / "nowhere")
 
 
+def test_iou_loss_weight_adds_the_soft_iou_term(tmp_path, manifest):
+    plain = read_csv(train(make_config(tmp_path, manifest, "plain", epochs=1)) / "train.csv")
+    with_iou = read_csv(train(make_config(tmp_path, manifest, "iou", "train.iou_loss_weight=1.0", epochs=1)) / "train.csv")
+    # same seed, same first batch and weights: the first logged loss differs by the soft-IoU term (in (0, 1])
+    extra = float(with_iou[0]["loss"]) - float(plain[0]["loss"])
+    assert 0.0 < extra <= 1.0
+    with pytest.raises(ConfigError, match="iou_loss_weight"):
+        train(make_config(tmp_path, manifest, "negative", "train.iou_loss_weight=-1", epochs=1))
+
+
 def test_unknown_model_key_is_a_config_error(tmp_path, manifest):
     with pytest.raises(ConfigError, match="did you mean 'dim'"):
         train(make_config(tmp_path, manifest, "run", "model.dimm=4", epochs=1))

@@ -15,7 +15,8 @@ from shaperef_fixtures import overfit, shaperef_batch
 from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
 from refseg.models.layers import add_coords, bilinear_deconv, coord_channels
-from refseg.models.losses import category_cross_entropy, weighted_bce
+from refseg.models.losses import category_cross_entropy, soft_iou, weighted_bce
+from refseg.models.lstm_cnn import LstmCnnHead
 from refseg.models.lstm_cnn_plus import probability_to_logit
 
 SMALL = dict(output_stride=8, hidden=64, classifier=64)
@@ -100,6 +101,27 @@ def test_weighted_bce_weights_and_padding() -> None:
     assert half.item() == pytest.approx(0.5 * 3 * math.log(2) + 0.5 * math.log(2))
     with pytest.raises(ValueError):
         weighted_bce(logits, None)
+
+
+def test_soft_iou_weighs_every_sample_alike_and_ignores_padding() -> None:
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[0, :, :2, :2] = 1  # one target cell on the 2 x 2 logit grid; sample 1 has no target
+    valid = torch.ones(2, 1, 4, 4)
+    valid[:, :, 2:, :] = 0
+    right = torch.full((2, 1, 2, 2), -30.0)
+    right[0, :, 0, 0] = 30.0
+    assert soft_iou(right, masks, valid).item() == pytest.approx(0.0, abs=1e-6)
+    wrong_on_padding = right.clone()
+    wrong_on_padding[:, :, 1, :] = 30.0  # the padding row does not count
+    assert soft_iou(wrong_on_padding, masks, valid).item() == pytest.approx(0.0, abs=1e-6)
+    missed = torch.full((2, 1, 2, 2), -30.0)
+    # sample 0: intersection 0, union 1 → 1 − 1/2; sample 1: empty target and prediction → 0
+    assert soft_iou(missed, masks, valid).item() == pytest.approx(0.25, abs=1e-6)
+    everywhere = torch.full((2, 1, 2, 2), 30.0)
+    # sample 0: 1 − 2/3 (union = the 2 valid cells); sample 1: 1 − 1/3
+    assert soft_iou(everywhere, masks, valid).item() == pytest.approx((1 / 3 + 2 / 3) / 2, abs=1e-6)
+    with pytest.raises(ValueError):
+        soft_iou(right, None)
 
 
 def test_category_cross_entropy_ignores_unlabelled() -> None:
@@ -237,6 +259,44 @@ def test_feature_dropout_acts_only_in_training() -> None:
         torch.testing.assert_close(model(batch).logits, model(batch).logits)
     with pytest.raises(ConfigError):
         create_model("lstm_cnn_plus", feature_dropout=1.0, **SMALL)
+
+
+@pytest.mark.parametrize("context", [0, 3])
+def test_context_layers_widen_what_a_location_sees(context: int) -> None:
+    torch.manual_seed(0)
+    head = LstmCnnHead(visual_dim=8, text_dim=4, classifier=16, stride=8, context=context)
+    paper = LstmCnnHead(visual_dim=8, text_dim=4, classifier=16, stride=8)
+    paper.load_state_dict(head.state_dict(), strict=False)
+    visual, sentence = torch.randn(1, 8, 12, 12, requires_grad=True), torch.randn(1, 4)
+    # closed gates: an untrained context head is the paper's head
+    torch.testing.assert_close(head.low_res(visual, sentence), paper.low_res(visual, sentence))
+    if context:
+        with torch.no_grad():  # open the gates, as after training
+            head.context_gates.fill_(1.0)
+    head.low_res(visual, sentence)[0, 0, 6, 6].backward()
+    seen = visual.grad.abs().sum(dim=(0, 1)) > 0
+    # 1x1 classifier: one location; dilations 1, 2, 4: a 15 x 15 window, the whole 12 x 12 map here
+    assert seen.sum().item() == (1 if context == 0 else 144)
+    assert len(head.context) == context
+    if context == 0:  # the paper's head has exactly its old parameters (earlier checkpoints load)
+        assert {k.split(".")[0] for k in head.state_dict()} == {"classifier", "deconv"}
+    with pytest.raises(ConfigError):
+        LstmCnnHead(8, 4, 16, 8, context=-1)
+
+
+def test_lstm_cnn_plus_with_context_overfits_four_shaperef_samples() -> None:
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn_plus", category_hidden=64, context=2, **SMALL)
+    assert overfit(model, shaperef_batch(model), steps=800).min() >= 0.9
+
+
+def test_context_option_reaches_both_lstm_cnn_models() -> None:
+    for name in ("lstm_cnn", "lstm_cnn_plus"):
+        model = create_model(name, context=2, **SMALL)
+        assert len(model.head.context) == 2 and model.config["context"] == 2
+        tokens, lengths = model.tokenize(["a zebra"])
+        with torch.no_grad():
+            assert model(Batch(torch.randn(1, 3, 64, 64), tokens, lengths)).logits.shape == (1, 1, 64, 64)
 
 
 def test_lstm_cnn_plus_options() -> None:
