@@ -107,11 +107,16 @@ def test_a_second_run_in_the_same_folder_is_refused(tmp_path, manifest):
 
 
 def test_iou_loss_weight_adds_the_soft_iou_term(tmp_path, manifest):
-    plain = read_csv(train(make_config(tmp_path, manifest, "plain", epochs=1)) / "train.csv")
-    with_iou = read_csv(train(make_config(tmp_path, manifest, "iou", "train.iou_loss_weight=1.0", epochs=1)) / "train.csv")
-    # same seed, same first batch and weights: the first logged loss differs by the soft-IoU term (in (0, 1])
-    extra = float(with_iou[0]["loss"]) - float(plain[0]["loss"])
+    def first_loss(name: str, weight: float) -> float:
+        config = make_config(tmp_path, manifest, name, f"train.iou_loss_weight={weight}", epochs=1)
+        return float(read_csv(train(config) / "train.csv")[0]["loss"])
+
+    # same seed, same first batch and weights: the first logged loss differs by weight × the
+    # soft-IoU term, which lies in (0, 1]
+    plain = first_loss("plain", 0.0)
+    extra, double = first_loss("iou", 1.0) - plain, first_loss("iou2", 2.0) - plain
     assert 0.0 < extra <= 1.0
+    assert double == pytest.approx(2 * extra, rel=1e-3)
     with pytest.raises(ConfigError, match="iou_loss_weight"):
         train(make_config(tmp_path, manifest, "negative", "train.iou_loss_weight=-1", epochs=1))
 

@@ -268,11 +268,12 @@ def test_context_layers_widen_what_a_location_sees(context: int) -> None:
     paper = LstmCnnHead(visual_dim=8, text_dim=4, classifier=16, stride=8)
     paper.load_state_dict(head.state_dict(), strict=False)
     visual, sentence = torch.randn(1, 8, 12, 12, requires_grad=True), torch.randn(1, 4)
-    # closed gates: an untrained context head is the paper's head
+    # an untrained head (gates closed) computes what the paper's head does
     torch.testing.assert_close(head.low_res(visual, sentence), paper.low_res(visual, sentence))
     if context:
         with torch.no_grad():  # open the gates, as after training
             head.context_gates.fill_(1.0)
+        assert not torch.allclose(head.low_res(visual, sentence), paper.low_res(visual, sentence))
     head.low_res(visual, sentence)[0, 0, 6, 6].backward()
     seen = visual.grad.abs().sum(dim=(0, 1)) > 0
     # 1x1 classifier: one location; dilations 1, 2, 4: a 15 x 15 window, the whole 12 x 12 map here

@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 
 from bad_inputs import BROKEN_IMAGES, VALID_IMAGES, encode, left_half, left_red, png_claiming_size, sixteen_bit_png
 from contracts import assert_json_error, assert_one_line_error
+from refseg.data import images
 from refseg.data.images import image_shape, load_image
 from refseg.errors import ImageError, ImageTooLargeError
 
@@ -201,8 +202,14 @@ def test_mutated_files_decode_or_raise_image_error(seed: int, edits, cut: int) -
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and min(rgb.shape[:2]) >= 1
 
 
-def test_header_shape_of_arrays_checks_without_converting() -> None:
-    assert image_shape(np.zeros((7, 5), dtype=np.float64)) == load_image(np.zeros((7, 5))).shape[:2] == (7, 5)
+def test_header_shape_of_arrays_checks_without_converting(monkeypatch) -> None:
+    converted_shape = load_image(np.zeros((7, 5))).shape[:2]
+
+    def no_conversion(arr):
+        raise AssertionError("image_shape converted the array")
+
+    monkeypatch.setattr(images, "_array_to_rgb", no_conversion)
+    assert image_shape(np.zeros((7, 5), dtype=np.float64)) == converted_shape == (7, 5)
     assert image_shape(np.zeros((3, 4, 4), dtype=np.uint8)) == (3, 4)
     with pytest.raises(ImageError, match="HxW"):
         image_shape(np.zeros((3, 4, 2)))
