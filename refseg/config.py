@@ -113,6 +113,7 @@ class TrainConfig:
     batch_size: int = 8  # per process
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     iou_loss_weight: float = 0.0  # > 0: add this × (1 − soft IoU) per sample to the model's loss
+    distractor_weight: float = 0.0  # > 0: add this × the logistic loss on the target category's other pixels
     seed: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, off on CPU
     workers: int = 0

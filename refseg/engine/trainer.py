@@ -42,7 +42,7 @@ from refseg.data.dataset import Collator, FeatureCache, RefDataset, load_samples
 from refseg.data.sample import RefSample
 from refseg.errors import CheckpointError, ConfigError
 from refseg.models.base import Batch, RefSegModel, create_model
-from refseg.models.losses import soft_iou
+from refseg.models.losses import distractor_logistic, soft_iou
 
 LAST_MODEL = "last.safetensors"
 LAST_STATE = "last_state.pt"
@@ -201,18 +201,24 @@ def lr_factor(config: Config, step: int, total_steps: int, steps_per_epoch: int)
 
 class _TrainStep(nn.Module):
     """Forward + loss in one module so DDP sees the loss and the logits as outputs. The model's own
-    loss, plus ``iou_loss_weight`` × the per-sample soft-IoU loss of its logits when that is > 0."""
+    loss, plus ``iou_loss_weight`` × the per-sample soft-IoU loss of its logits and
+    ``distractor_weight`` × the logistic loss on the target category's other pixels, each when > 0."""
 
-    def __init__(self, model: RefSegModel, iou_loss_weight: float = 0.0) -> None:
+    def __init__(self, model: RefSegModel, iou_loss_weight: float = 0.0, distractor_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.iou_loss_weight = iou_loss_weight
+        self.distractor_weight = distractor_weight
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         out = self.model(batch)
         loss = self.model.loss(out, batch)
         if self.iou_loss_weight > 0:
             loss = loss + self.iou_loss_weight * soft_iou(out.logits, batch.masks, batch.valid)
+        if self.distractor_weight > 0:
+            loss = loss + self.distractor_weight * distractor_logistic(
+                out.logits, batch.masks, batch.valid, batch.categories, batch.target_categories
+            )
         return loss, out.logits
 
 
@@ -362,8 +368,9 @@ class Trainer:
     def run(self) -> Path:
         """Train; returns the run folder."""
         cfg, rt = self.config, self.runtime
-        if cfg.train.iou_loss_weight < 0:
-            raise ConfigError(f"train.iou_loss_weight must be >= 0, got {cfg.train.iou_loss_weight}")
+        for key in ("iou_loss_weight", "distractor_weight"):
+            if getattr(cfg.train, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
         self._prepare_out_dir()
         seed_everything(cfg.train.seed)
         self.train_samples = load_samples(cfg, "train")
@@ -408,7 +415,7 @@ class Trainer:
 
         if cache is not None:
             self._fill_cache(cache, model, dataset, "training")
-        step_module: nn.Module = _TrainStep(model, cfg.train.iou_loss_weight)
+        step_module: nn.Module = _TrainStep(model, cfg.train.iou_loss_weight, cfg.train.distractor_weight)
         if rt.world > 1:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module,

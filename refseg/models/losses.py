@@ -74,6 +74,33 @@ def soft_iou(
     return (1 - (intersection + smooth) / (union + smooth)).mean()
 
 
+def distractor_logistic(
+    logits: Tensor,
+    masks: Tensor | None,
+    valid: Tensor | None,
+    categories: Tensor | None,
+    target_categories: Tensor | None,
+    resize: str = "area",
+) -> Tensor:
+    """Logistic loss on *distractors*: pixels of the target's category outside the target (the
+    other zebras when the expression picks one), averaged over valid pixels like :func:`weighted_bce`.
+
+    Added with a weight to a model's loss it raises the background weight there, so a model that
+    finds the category but not the instance pays more. ``categories`` [B, S, S] long (-1 =
+    unlabelled) and ``target_categories`` [B] long (-1 = unknown, no distractors) share one label
+    space; without them the loss is 0.
+    """
+    if categories is None or target_categories is None:
+        return logits.sum() * 0.0
+    _, weight = _targets(logits, masks, valid, resize)
+    known = (target_categories >= 0)[:, None, None]
+    same = (categories == target_categories[:, None, None]) & known
+    outside = same[:, None].to(logits.dtype) * (1 - masks.to(logits.dtype))
+    distractor = resize_to(outside, logits.shape[-2:], resize)
+    per_pixel = distractor * F.softplus(logits)
+    return (per_pixel * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def multilabel_logistic(
     word_logits: Tensor,
     present: Tensor,

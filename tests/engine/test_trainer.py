@@ -11,9 +11,11 @@ from refseg.config import load_config
 from refseg.data.dataset import Collator, RefDataset, crop_window, mirror_text
 from refseg.data.sample import RefSample
 from refseg.engine.checkpoint import load_model, load_training_state
-from refseg.engine.trainer import Trainer, read_csv, train
+from refseg.engine.trainer import Trainer, _TrainStep, read_csv, train
 from refseg.errors import CheckpointError, ConfigError
-from tiny_engine_model import NAME, square_samples, tiny_config_text, write_square_manifest
+from refseg.models.base import Batch
+from refseg.models.losses import distractor_logistic
+from tiny_engine_model import NAME, TinyEngineModel, square_samples, tiny_config_text, write_square_manifest
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +121,24 @@ def test_iou_loss_weight_adds_the_soft_iou_term(tmp_path, manifest):
     assert double == pytest.approx(2 * extra, rel=1e-3)
     with pytest.raises(ConfigError, match="iou_loss_weight"):
         train(make_config(tmp_path, manifest, "negative", "train.iou_loss_weight=-1", epochs=1))
+
+
+def test_distractor_weight_adds_the_distractor_term(tmp_path, manifest):
+    model = TinyEngineModel().eval()  # no dropout: the same logits in every call
+    images = torch.rand(2, 3, 8, 8)
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :4, :4] = 1
+    categories = torch.full((2, 8, 8), 5)  # the whole photo is the target's category
+    tokens, lengths = model.tokenize(["the left one", "the left one"])
+    batch = Batch(images=images, tokens=tokens, lengths=lengths, masks=masks, valid=torch.ones_like(masks),
+                  categories=categories, target_categories=torch.tensor([5, -1]))
+    plain, logits = _TrainStep(model)(batch)
+    weighted, _ = _TrainStep(model, distractor_weight=2.0)(batch)
+    term = distractor_logistic(logits, masks, batch.valid, categories, batch.target_categories)
+    assert term.item() > 0
+    assert (weighted - plain).item() == pytest.approx(2 * term.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="distractor_weight"):
+        train(make_config(tmp_path, manifest, "negative", "train.distractor_weight=-1", epochs=1))
 
 
 def test_unknown_model_key_is_a_config_error(tmp_path, manifest):

@@ -15,7 +15,7 @@ from shaperef_fixtures import overfit, shaperef_batch
 from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
 from refseg.models.layers import add_coords, bilinear_deconv, coord_channels
-from refseg.models.losses import category_cross_entropy, soft_iou, weighted_bce
+from refseg.models.losses import category_cross_entropy, distractor_logistic, soft_iou, weighted_bce
 from refseg.models.lstm_cnn import LstmCnnHead
 from refseg.models.lstm_cnn_plus import probability_to_logit
 
@@ -122,6 +122,26 @@ def test_soft_iou_weighs_every_sample_alike_and_ignores_padding() -> None:
     assert soft_iou(everywhere, masks, valid).item() == pytest.approx((1 / 3 + 2 / 3) / 2, abs=1e-6)
     with pytest.raises(ValueError):
         soft_iou(right, None)
+
+
+def test_distractor_logistic_costs_only_the_target_categorys_other_pixels() -> None:
+    # 2 x 2 canvas, one logit per pixel: target (category 7) at (0, 0), another 7 at (0, 1),
+    # category 3 at (1, 0), unlabelled at (1, 1)
+    masks = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    categories = torch.tensor([[[7, 7], [3, -1]]])
+    logits = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    loss = distractor_logistic(logits, masks, None, categories, torch.tensor([7]))
+    assert loss.item() == pytest.approx(math.log(2) / 4)  # one distractor pixel of four at logit 0
+    loss.backward()
+    assert torch.nonzero(logits.grad[0, 0]).tolist() == [[0, 1]]  # only the distractor is pushed down
+    valid = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])  # the distractor lies on the padding
+    assert distractor_logistic(logits, masks, valid, categories, torch.tensor([7])).item() == 0.0
+    # an unknown target category or a photo without labels has no distractors
+    assert distractor_logistic(logits, masks, None, categories, torch.tensor([-1])).item() == 0.0
+    assert distractor_logistic(logits, masks, None, None, None).item() == 0.0
+    # area resizing: on one 1 x 1 logit a quarter of the cell is distractor
+    whole = distractor_logistic(torch.zeros(1, 1, 1, 1), masks, None, categories, torch.tensor([7]))
+    assert whole.item() == pytest.approx(0.25 * math.log(2))
 
 
 def test_category_cross_entropy_ignores_unlabelled() -> None:
