@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 RESIZE_MODES = ("area", "nearest")
+MISSING_MASKS = "this loss needs target masks (Batch.masks is None)"
 
 
 def resize_to(maps: Tensor, size: tuple[int, int], mode: str = "area") -> Tensor:
@@ -26,13 +27,17 @@ def resize_to(maps: Tensor, size: tuple[int, int], mode: str = "area") -> Tensor
     return F.interpolate(maps, size=size, mode="nearest")
 
 
+def _valid_weight(logits: Tensor, valid: Tensor | None, resize: str) -> Tensor:
+    """Per-cell weight on the logit grid: the resized ``valid`` map (1 everywhere when None)."""
+    if valid is None:
+        return torch.ones_like(logits[:, :1])
+    return resize_to(valid.to(logits.dtype), logits.shape[-2:], resize)
+
+
 def _targets(logits: Tensor, masks: Tensor | None, valid: Tensor | None, resize: str) -> tuple[Tensor, Tensor]:
     if masks is None:
-        raise ValueError("this loss needs target masks (Batch.masks is None)")
-    size = logits.shape[-2:]
-    target = resize_to(masks.to(logits.dtype), size, resize)
-    weight = torch.ones_like(target) if valid is None else resize_to(valid.to(logits.dtype), size, resize)
-    return target, weight
+        raise ValueError(MISSING_MASKS)
+    return resize_to(masks.to(logits.dtype), logits.shape[-2:], resize), _valid_weight(logits, valid, resize)
 
 
 def weighted_bce(
@@ -92,7 +97,9 @@ def distractor_logistic(
     """
     if categories is None or target_categories is None:
         return logits.sum() * 0.0
-    _, weight = _targets(logits, masks, valid, resize)
+    if masks is None:
+        raise ValueError(MISSING_MASKS)
+    weight = _valid_weight(logits, valid, resize)
     known = (target_categories >= 0)[:, None, None]
     same = (categories == target_categories[:, None, None]) & known
     outside = same[:, None].to(logits.dtype) * (1 - masks.to(logits.dtype))

@@ -142,6 +142,8 @@ def test_distractor_logistic_costs_only_the_target_categorys_other_pixels() -> N
     # area resizing: on one 1 x 1 logit a quarter of the cell is distractor
     whole = distractor_logistic(torch.zeros(1, 1, 1, 1), masks, None, categories, torch.tensor([7]))
     assert whole.item() == pytest.approx(0.25 * math.log(2))
+    with pytest.raises(ValueError, match="target masks"):
+        distractor_logistic(logits, None, None, categories, torch.tensor([7]))
 
 
 def test_category_cross_entropy_ignores_unlabelled() -> None:
