@@ -10,12 +10,15 @@ Run from the repository root::
     python -m bench.bundled_model compare runs/bundled runs/bundled_lstm_cnn ...
     python -m bench.bundled_model thresholds runs/bundled          # synthesized-val IoU per decision threshold
     python -m bench.bundled_model ship runs/bundled --threshold 0.4   # → refseg/weights/default.safetensors
+    python -m bench.bundled_model positions runs/bundled           # does the run read "left" / "right"?
 
 ``compare`` prints a markdown table (one row per run): the best synthesized-val mean / overall
 IoU recorded by the trainer, and the human-dev scores of that best checkpoint, overall and per
 expression kind (unique / disambiguate / stuff / set). ``--crf`` adds DenseCRF-refined rows.
 ``thresholds`` scores a run on the synthesized val split of its training config at several decision
-thresholds; the shipped threshold is chosen there, never on the human dev set.
+thresholds; the shipped threshold is chosen there, never on the human dev set. ``positions`` scores
+the expressions with a side word ("left", "rightmost", ...) as written and mirrored (left ↔ right,
+the image unchanged): a model that reads the side words loses IoU on the mirrored text.
 """
 from __future__ import annotations
 
@@ -130,6 +133,51 @@ def threshold_sweep(
     return "\n".join(rows)
 
 
+def position_gap(checkpoint: str | Path, samples: Sequence) -> tuple[int, float | None, float | None]:
+    """(n, mean IoU as written, mean IoU with left ↔ right swapped) over the samples with a target
+    whose expression has a side word, at the checkpoint's canvas and threshold."""
+    from dataclasses import replace
+
+    from refseg.data.dataset import mirror_text
+    from refseg.engine.checkpoint import load_model
+    from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
+
+    model, meta = load_model(checkpoint)
+    sided = [s for s in samples if s.has_target and mirror_text(s.sentence) != s.sentence]
+    if not sided:
+        return 0, None, None
+    size, threshold = model_image_size(model, meta), model_threshold(meta)
+    scores = [
+        evaluate(model, group, size, batch_size=32, threshold=threshold).summary()["mean_iou"]
+        for group in (sided, [replace(s, sentence=mirror_text(s.sentence)) for s in sided])
+    ]
+    return len(sided), scores[0], scores[1]
+
+
+def positions(
+    runs: Sequence[str | Path],
+    items: Sequence[HumanDevItem] | None,
+    config: str | Path = REPO / "configs" / "bundled.yaml",
+) -> str:
+    """Markdown table: per run, mean IoU on side-word expressions as written and mirrored, on
+    synthesized val (the val split of ``config``) and on the human dev set (when ``items``)."""
+    from refseg.config import load_config
+    from refseg.data.dataset import load_samples
+
+    sets = {"synth val": load_samples(load_config(config), "val")}
+    if items is not None:
+        sets["human dev"] = [item.sample for item in items]
+    header = ["run"] + [f"{name} {column}" for name in sets for column in ("n", "as written", "mirrored")]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        cells = [Path(run).name]
+        for samples in sets.values():
+            n, written, mirrored = position_gap(checkpoint_of(run), samples)
+            cells += [str(n), _pct(written), _pct(mirrored)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def ship(
     run: str | Path,
     items: Sequence[HumanDevItem] | None,
@@ -227,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds_parser.add_argument("run", type=Path)
     thresholds_parser.add_argument("--values", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     thresholds_parser.add_argument("--sizes", type=int, nargs="+", default=(), help="inference canvas sizes (default: the training one)")
+    positions_parser = commands.add_parser("positions", help="IoU on side-word expressions, as written and mirrored")
+    positions_parser.add_argument("runs", nargs="+", type=Path)
     ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
     ship_parser.add_argument("run", type=Path)
     ship_parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored with the model")
@@ -242,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(threshold_sweep(args.run, args.values, args.sizes))
         return 0
     items = load_human_dev(args.data) if args.data.is_dir() else None
+    if args.command == "positions":
+        print(positions(args.runs, items))
+        return 0
     if items is None and args.command != "ship":
         print(f"skipped: shared data folder not found at {args.data}")
         return 0

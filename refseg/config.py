@@ -70,6 +70,7 @@ class AugmentConfig:
     hflip: float = 0.5  # probability; swaps left/right words in the expression
     scale: tuple[float, float] = (0.7, 1.0)  # crop side as a fraction of the image side
     crop: float = 0.0  # probability of a scale/crop jitter that keeps the target inside
+    crop_positions: bool = True  # also crop expressions with position words ("left", "top", "behind", ...)
     copy_paste: float = 0.0  # probability of pasting another sample's instance as the target
 
 

@@ -174,6 +174,21 @@ def mirror_text(text: str) -> str:
     return _MIRROR_RE.sub(swap, text)
 
 
+_POSITION_RE = re.compile(
+    r"\b(left|right|leftmost|rightmost|lefthand|righthand|west|east|top|bottom|upper|lower|above|below|"
+    r"middle|center|centre|front|back|behind|near|nearest|far|farthest|furthest|closest|next|beside|"
+    r"between|corner|edge|side|first|second|third|last)\b",
+    re.IGNORECASE,
+)
+
+
+def has_position_words(text: str) -> bool:
+    """Whether the expression locates its target in the picture ("on the left", "second from
+    the top", "behind the car"): a crop can make such an expression false, for the target may
+    no longer be on the left, nor the car in the picture."""
+    return _POSITION_RE.search(text) is not None
+
+
 def crop_window(
     mask: np.ndarray, scale: tuple[float, float], rng: np.random.Generator
 ) -> tuple[slice, slice] | None:
@@ -305,7 +320,9 @@ class RefDataset(Dataset):
                     pasted = True
                     if labels is not None:
                         labels = np.where(mask, -1, labels)  # the pasted pixels are not labelled
-            window = crop_window(mask, self.augment.scale, rng) if draws[1] < self.augment.crop else None
+            window = None
+            if draws[1] < self.augment.crop and (self.augment.crop_positions or not has_position_words(text)):
+                window = crop_window(mask, self.augment.scale, rng)
             if window is not None:
                 rgb, mask = rgb[window], mask[window]
                 labels = None if labels is None else labels[window]

@@ -13,6 +13,18 @@ from refseg.models.image_text import ImageTextModel
 from refseg.models.layers import bilinear_deconv, conv1x1_over_concat, coord_channels, l2_normalize
 
 STAGES = ("low", "high")
+TEXT_COORDS = ("none", "absolute", "relative")
+
+
+def relative_coords(scores: Tensor, coords: Tensor, min_spread: float = 0.1) -> Tensor:
+    """Coordinates [B, 2, h, w] relative to a response map [B, 1, h, w]: centred on its mean
+    position weighted by sigmoid(scores) and divided by the weighted spread (at least
+    ``min_spread``) per axis, clipped to [-3, 3]."""
+    weights = torch.sigmoid(scores)
+    weights = weights / weights.sum(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+    centre = (weights * coords).sum(dim=(2, 3), keepdim=True)  # [B, 2, 1, 1]
+    spread = (weights * (coords - centre) ** 2).sum(dim=(2, 3), keepdim=True).sqrt().clamp(min=min_spread)
+    return ((coords - centre) / spread).clamp(-3.0, 3.0)
 
 
 class LstmCnnHead(nn.Module):
@@ -29,12 +41,26 @@ class LstmCnnHead(nn.Module):
     residual 3x3 convolutions with dilations 1, 2, 4, ... on the hidden D_cls map before the last
     1x1 convolution (h ← ReLU(h + g·conv(h)), each gate g starting at 0 so training starts from
     the paper's head), so a location's score can depend on the text-conditioned evidence around it
-    ("the zebra on the left" is the leftmost of the zebras, not whatever lies left of centre)."""
+    ("the zebra on the left" is the leftmost of the zebras, not whatever lies left of centre).
 
-    def __init__(self, visual_dim: int, text_dim: int, classifier: int, stride: int, context: int = 0) -> None:
+    ``text_coords`` (ours) lets the expression set coordinate weights. ``"absolute"``: every
+    hidden unit gets x and y slopes W h_T on top of its fixed ones, i.e. the classifier also sees
+    the products x h_T and y h_T. In the paper's head, "left" can only act through the ReLU gating
+    of a sum; trained on the bundled data that head learned no position words at all (it scores
+    the same on an expression and on its mirror image). ``"relative"`` adds slopes on coordinates
+    relative to the head's own first map (centred on its sigmoid-weighted mean, scaled by its
+    spread, both held fixed in the backward pass), so "left" can mean left of the other zebras
+    rather than left of the photo. The projection starts at zero, so training starts from the
+    paper's head."""
+
+    def __init__(
+        self, visual_dim: int, text_dim: int, classifier: int, stride: int, context: int = 0, text_coords: str = "none"
+    ) -> None:
         super().__init__()
         if context < 0:
             raise ConfigError(f"context must be >= 0, got {context}")
+        if text_coords not in TEXT_COORDS:
+            raise ConfigError(f"text_coords must be one of {TEXT_COORDS}, got {text_coords!r}")
         self.classifier = nn.Sequential(
             nn.Conv2d(visual_dim + text_dim + 2, classifier, kernel_size=1),
             nn.ReLU(inplace=True),
@@ -46,6 +72,12 @@ class LstmCnnHead(nn.Module):
         # one gate per residual branch, starting at 0: training starts from the paper's head and
         # Adam opens the branches gradually (a zero-initialised convolution would jump instead)
         self.context_gates = nn.Parameter(torch.zeros(context)) if context else None
+        self.relative = text_coords == "relative"
+        frames = {"none": 0, "absolute": 1, "relative": 2}[text_coords]
+        self.text_coords = nn.Linear(text_dim, 2 * frames * classifier) if frames else None
+        if self.text_coords is not None:
+            nn.init.zeros_(self.text_coords.weight)
+            nn.init.zeros_(self.text_coords.bias)
         self.deconv = bilinear_deconv(1, stride)
 
     def low_res(self, visual: Tensor, sentence: Tensor) -> Tensor:
@@ -58,7 +90,15 @@ class LstmCnnHead(nn.Module):
         visual = l2_normalize(visual) * math.sqrt(visual.shape[1])
         coords = coord_channels(h, w, "2d", device=visual.device, dtype=visual.dtype)
         language = l2_normalize(sentence, dim=1) * math.sqrt(sentence.shape[1])
-        hidden = self.classifier[1](conv1x1_over_concat(self.classifier[0], [visual, coords, language]))
+        hidden = conv1x1_over_concat(self.classifier[0], [visual, coords, language])
+        if self.text_coords is not None:
+            frames = coords.expand(hidden.shape[0], -1, -1, -1)
+            if self.relative:
+                first = self.classifier[2](torch.relu(hidden))
+                frames = torch.cat([frames, relative_coords(first.detach(), coords)], dim=1)
+            slopes = self.text_coords(language).view(hidden.shape[0], -1, hidden.shape[1])  # [B, frames, D_cls]
+            hidden = hidden + torch.einsum("bkc,bkhw->bchw", slopes, frames)
+        hidden = self.classifier[1](hidden)
         for i, conv in enumerate(self.context):
             hidden = torch.relu(hidden + self.context_gates[i] * conv(hidden))
         return self.classifier[2](hidden)
@@ -84,14 +124,17 @@ class LstmCnn(ImageTextModel):
     same parameters) outputs the deconvolved S x S map. ``extras["low_res_logits"]`` always
     holds the coarse map. Paper widths: ``hidden=1000, classifier=500`` (defaults are smaller
     for CPU training); the paper's stride is 32 (``output_stride=8/16`` gives finer maps).
-    ``context`` adds 3x3 context layers to the classifier (:class:`LstmCnnHead`; 0 = the paper).
+    ``context`` adds 3x3 context layers and ``text_coords`` expression-dependent coordinate
+    weights to the classifier (:class:`LstmCnnHead`; 0 and ``"none"`` = the paper).
     """
 
-    def __init__(self, classifier: int = 256, stage: str = "high", context: int = 0, **shared: Any) -> None:
+    def __init__(
+        self, classifier: int = 256, stage: str = "high", context: int = 0, text_coords: str = "none", **shared: Any
+    ) -> None:
         check_stage(stage)
-        super().__init__(classifier=classifier, stage=stage, context=context, **shared)
+        super().__init__(classifier=classifier, stage=stage, context=context, text_coords=text_coords, **shared)
         self.head = LstmCnnHead(
-            self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1], context
+            self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1], context, text_coords
         )
 
     def encode_image(self, images: Tensor) -> list[Tensor]:

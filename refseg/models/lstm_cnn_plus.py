@@ -65,7 +65,8 @@ class LstmCnnPlus(ImageTextModel):
     can veto a location of the named category (the zebra on the *right*), which the average of
     eq. 2 cannot do once α < 1/2.
 
-    ``context`` adds 3x3 context layers to the main branch's classifier (:class:`LstmCnnHead`).
+    ``context`` adds 3x3 context layers and ``text_coords`` expression-dependent coordinate
+    weights to the main branch's classifier (:class:`LstmCnnHead`).
 
     ``feature_dropout`` drops backbone feature entries in training, before both branches: with a few
     hundred photos the heads otherwise memorise the frozen features of the training photos.
@@ -83,6 +84,7 @@ class LstmCnnPlus(ImageTextModel):
         classifier: int = 256,
         stage: str = "high",
         context: int = 0,
+        text_coords: str = "none",
         category_source: str = "segmentation",
         category_text: str = "both",
         category_hidden: int = 256,
@@ -110,6 +112,7 @@ class LstmCnnPlus(ImageTextModel):
             classifier=classifier,
             stage=stage,
             context=context,
+            text_coords=text_coords,
             category_source=category_source,
             category_text=category_text,
             category_hidden=category_hidden,
@@ -123,7 +126,7 @@ class LstmCnnPlus(ImageTextModel):
             **shared,
         )
         visual_dim, stride = self.backbone.channels[-1], self.backbone.strides[-1]
-        self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride, context)
+        self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride, context, text_coords)
         self.feature_dropout = nn.Dropout(feature_dropout)
         names = category_names(category_source)
         if category_source == "segmentation":

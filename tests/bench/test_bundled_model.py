@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -15,7 +16,7 @@ from bench import bundled_model  # noqa: E402
 from bench.human_dev.build import load_human_dev  # noqa: E402
 from refseg.api import Segmenter  # noqa: E402
 from refseg.engine.checkpoint import load_model, save_model  # noqa: E402
-from refseg.models import create_model  # noqa: E402
+from refseg.models import Batch, create_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,28 @@ def test_ship_stores_a_chosen_inference_canvas(run_dir, tmp_path):
     assert load_model(out)[1]["image_size"] == 96 and Segmenter.from_pretrained(out).image_size == 96
     default = bundled_model.ship(run_dir, items=None, out=tmp_path / "own.safetensors", threshold=0.4)
     assert load_model(default)[1]["image_size"] == 64
+
+
+def test_position_gap_scores_side_word_expressions_as_written_and_mirrored(tmp_path):
+    from refseg.data.sample import RefSample
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    left_half = np.zeros((48, 64), dtype=bool)
+    left_half[:, :32] = True
+    sample = RefSample("a", image, "the zebra on the left", left_half)
+    mirrored = RefSample("b", image, "the zebra on the right", left_half)
+    others = [RefSample("c", image, "the zebra on the left", None), RefSample("d", image, "the zebra", left_half)]
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn", vocab=["left", "right", "zebra"], hidden=8, classifier=8, text_coords="absolute")
+    with torch.no_grad():  # centre the scores on 0 and let the text tilt them, so the masks differ
+        model.head.text_coords.weight.normal_()
+        tokens, lengths = model.tokenize([sample.sentence])
+        batch = Batch(torch.from_numpy(np.zeros((1, 3, 64, 64), dtype=np.float32)), tokens, lengths)
+        model.head.classifier[2].bias -= model(batch).logits.mean()
+    checkpoint = save_model(tmp_path / "sided.safetensors", model, {"image_size": 64, "threshold": 0.5})
+    n, written, swapped = bundled_model.position_gap(checkpoint, [sample, *others])
+    assert n == 1 and written != swapped  # only the targeted side-word expression counts
+    # the mirrored expression, scored as written, is the first one's mirrored score and vice versa
+    assert bundled_model.position_gap(checkpoint, [mirrored]) == (1, swapped, written)
+    assert bundled_model.position_gap(checkpoint, others) == (0, None, None)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from refseg.config import load_config
-from refseg.data.dataset import Collator, RefDataset, crop_window, mirror_text
+from refseg.data.dataset import Collator, RefDataset, crop_window, has_position_words, mirror_text
 from refseg.data.sample import RefSample
 from refseg.engine.checkpoint import load_model, load_training_state
 from refseg.engine.trainer import Trainer, _TrainStep, read_csv, train
@@ -189,6 +189,36 @@ def test_crop_keeps_the_whole_target(seed):
     assert crop.sum() == mask.sum()
     assert 25 <= crop.shape[0] <= 45 and abs(crop.shape[1] / crop.shape[0] - 70 / 50) < 0.1
     assert crop_window(np.ones((50, 70), bool), (0.5, 0.9), rng) is None  # the target cannot fit
+
+
+@pytest.mark.parametrize(
+    "text, positional",
+    [("the zebra on the left", True), ("second cup from the Top", True), ("the dog behind the car", True),
+     ("rightmost sheep", True), ("the zebra", False), ("a bottle of leftover wine", False), ("sky", False)],
+)
+def test_position_words(text, positional):
+    assert has_position_words(text) is positional
+
+
+def test_crops_can_spare_expressions_with_position_words():
+    from dataclasses import replace
+
+    samples = square_samples(8, seed=4, size=60)
+    samples = [replace(s, sentence=f"the square on the {'left' if i % 2 else 'right'}" if i < 4 else "the square")
+               for i, s in enumerate(samples)]
+    shapes = {}
+    for spare in (False, True):
+        augment = load_config(
+            None, ["data.augment.crop=1.0", "data.augment.scale=[0.6, 0.8]", "data.augment.hflip=0",
+                   f"data.augment.crop_positions={not spare}"]
+        ).data.augment
+        dataset = RefDataset(samples, 32, augment, seed=0)
+        shapes[spare] = [dataset[i]["box"] for i in range(8)]
+    sizes = [s.load_image().shape[:2] for s in samples]
+    cropped = {spare: [(box.orig_h, box.orig_w) != size for box, size in zip(boxes, sizes)]
+               for spare, boxes in shapes.items()}
+    assert all(cropped[False])  # crop probability 1 and small targets: every sample is cropped
+    assert cropped[True] == [False] * 4 + [True] * 4  # ... except the four that say left or right
 
 
 def test_copy_paste_makes_the_pasted_instance_the_target():

@@ -16,7 +16,7 @@ from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
 from refseg.models.layers import add_coords, bilinear_deconv, coord_channels
 from refseg.models.losses import category_cross_entropy, distractor_logistic, soft_iou, weighted_bce
-from refseg.models.lstm_cnn import LstmCnnHead
+from refseg.models.lstm_cnn import LstmCnnHead, relative_coords
 from refseg.models.lstm_cnn_plus import probability_to_logit
 
 SMALL = dict(output_stride=8, hidden=64, classifier=64)
@@ -322,17 +322,53 @@ def test_context_option_reaches_both_lstm_cnn_models() -> None:
             assert model(Batch(torch.randn(1, 3, 64, 64), tokens, lengths)).logits.shape == (1, 1, 64, 64)
 
 
-def test_lstm_cnn_plus_options() -> None:
-    model = create_model("lstm_cnn_plus", text="minilm", category_text="both", **SMALL)
-    assert model.checkpoint_exclude() == ["backbone.", "text.model."]
-    tokens, lengths = model.tokenize(["a zebra", "the sky"])
-    with torch.no_grad():
-        out = model(Batch(torch.randn(2, 3, 64, 64), tokens, lengths))
-    assert out.logits.shape == (2, 1, 64, 64) and model.class_vectors.shape == (135, 384)
+def test_text_coords_let_the_expression_choose_the_side() -> None:
+    torch.manual_seed(0)
+    head = LstmCnnHead(visual_dim=8, text_dim=4, classifier=16, stride=8, text_coords="absolute")
+    paper = LstmCnnHead(visual_dim=8, text_dim=4, classifier=16, stride=8)
+    paper.load_state_dict(head.state_dict(), strict=False)
+    visual = torch.randn(1, 8, 6, 6)
+    visual = (visual + visual.flip(-1)).expand(2, -1, -1, -1)  # left-right symmetric features
+    left, right = torch.eye(4)[:1], -torch.eye(4)[:1]  # two expressions, opposite directions
+    sentences = torch.cat([left, right])
+    # an untrained projection (zero) computes what the paper's head does
+    torch.testing.assert_close(head.low_res(visual, sentences), paper.low_res(visual, sentences))
+    with torch.no_grad():  # without its fixed coordinate weights ([visual; x, y; text] columns 8-9)
+        head.classifier[0].weight[:, 8:10] = 0.0
+    plain = head.low_res(visual, sentences)  # mirror-symmetric features give a symmetric map
+    torch.testing.assert_close(plain, plain.flip(-1))
+    with torch.no_grad():  # as after training: word direction 0 pushes every unit's score to the left
+        head.classifier[2].weight.fill_(1.0)
+        head.text_coords.weight[:16, 0] = -1.0  # x slopes of the 16 hidden units
+    scores = head.low_res(visual, sentences)[:, 0].mean(dim=1)  # [2, columns]
+    assert (scores[0, :3].sum() > scores[0, 3:].sum()) and (scores[1, 3:].sum() > scores[1, :3].sum())
+    assert set(head.state_dict()) == set(paper.state_dict()) | {"text_coords.weight", "text_coords.bias"}
+
+
+def test_relative_coords_centre_on_the_map_and_scale_by_its_spread() -> None:
+    coords = coord_channels(5, 5, "2d")
+    scores = torch.full((1, 1, 5, 5), -30.0)
+    scores[0, 0, :, 3:] = 30.0  # the map marks the two right columns, x = 0.5 and 1
+    relative = relative_coords(scores, coords)
+    x = relative[0, 0, 0]
+    torch.testing.assert_close(x[3:], torch.tensor([-1.0, 1.0]))  # mean 0.75, spread 0.25
+    assert x[0] == -3.0  # the far left column is clipped
+    torch.testing.assert_close(relative[0, 1, :, 0], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]) / 0.5**0.5)
+
+
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_text_coords_option_reaches_both_lstm_cnn_models(mode: str) -> None:
+    frames = {"absolute": 1, "relative": 2}[mode]
+    for name in ("lstm_cnn", "lstm_cnn_plus"):
+        model = create_model(name, text_coords=mode, **SMALL)
+        assert model.head.text_coords.out_features == 2 * frames * 64 and model.config["text_coords"] == mode
+        tokens, lengths = model.tokenize(["the zebra on the left"])
+        with torch.no_grad():
+            model.head.text_coords.weight.normal_()
+            assert model(Batch(torch.randn(1, 3, 64, 64), tokens, lengths)).logits.shape == (1, 1, 64, 64)
+        assert create_model(name, **SMALL).head.text_coords is None
     with pytest.raises(ConfigError):
-        create_model("lstm_cnn_plus", embedding="learned", category_text="zero_shot", **SMALL)
-    with pytest.raises(ConfigError):
-        create_model("lstm_cnn_plus", category_source="pascal", **SMALL)
+        create_model("lstm_cnn", text_coords="polar", **SMALL)
 
 
 def test_partly_fine_tuned_backbone_is_saved_and_trained_at_its_own_rate(tmp_path) -> None:
