@@ -133,25 +133,36 @@ def threshold_sweep(
     return "\n".join(rows)
 
 
-def position_gap(checkpoint: str | Path, samples: Sequence) -> tuple[int, float | None, float | None]:
-    """(n, mean IoU as written, mean IoU with left ↔ right swapped) over the samples with a target
-    whose expression has a side word, at the checkpoint's canvas and threshold."""
+def position_gap(checkpoint: str | Path, sample_sets: Sequence[Sequence]) -> list[tuple[int, float | None, float | None]]:
+    """Per sample set: (n, mean IoU as written, mean IoU with left ↔ right swapped) over its samples
+    with a target whose expression has a side word, at the checkpoint's canvas and threshold.
+
+    The model is loaded once, and each photo goes through the backbone once for both wordings
+    (a feature cache, as in :func:`threshold_sweep`: the weights are fixed here)."""
     from dataclasses import replace
 
-    from refseg.data.dataset import mirror_text
+    import torch
+
+    from refseg.data.dataset import FeatureCache, RefDataset, mirror_text
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
     model, meta = load_model(checkpoint)
-    sided = [s for s in samples if s.has_target and mirror_text(s.sentence) != s.sentence]
-    if not sided:
-        return 0, None, None
     size, threshold = model_image_size(model, meta), model_threshold(meta)
-    scores = [
-        evaluate(model, group, size, batch_size=32, threshold=threshold).summary()["mean_iou"]
-        for group in (sided, [replace(s, sentence=mirror_text(s.sentence)) for s in sided])
-    ]
-    return len(sided), scores[0], scores[1]
+    gaps = []
+    for samples in sample_sets:
+        sided = [s for s in samples if s.has_target and mirror_text(s.sentence) != s.sentence]
+        if not sided:
+            gaps.append((0, None, None))
+            continue
+        cache = FeatureCache(torch.float32)
+        cache.fill(model, RefDataset(sided, size, cached=True), torch.device("cpu"))
+        written, mirrored = (
+            evaluate(model, group, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()["mean_iou"]
+            for group in (sided, [replace(s, sentence=mirror_text(s.sentence)) for s in sided])
+        )
+        gaps.append((len(sided), written, mirrored))
+    return gaps
 
 
 def positions(
@@ -171,8 +182,7 @@ def positions(
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         cells = [Path(run).name]
-        for samples in sets.values():
-            n, written, mirrored = position_gap(checkpoint_of(run), samples)
+        for n, written, mirrored in position_gap(checkpoint_of(run), list(sets.values())):
             cells += [str(n), _pct(written), _pct(mirrored)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

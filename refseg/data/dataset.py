@@ -174,12 +174,12 @@ def mirror_text(text: str) -> str:
     return _MIRROR_RE.sub(swap, text)
 
 
-_POSITION_RE = re.compile(
-    r"\b(left|right|leftmost|rightmost|lefthand|righthand|west|east|top|bottom|upper|lower|above|below|"
-    r"middle|center|centre|front|back|behind|near|nearest|far|farthest|furthest|closest|next|beside|"
-    r"between|corner|edge|side|first|second|third|last)\b",
-    re.IGNORECASE,
+_POSITION_WORDS = (
+    *_MIRROR, "top", "bottom", "upper", "lower", "above", "below", "middle", "center", "centre", "front",
+    "back", "behind", "near", "nearest", "far", "farthest", "furthest", "closest", "next", "beside", "between",
+    "corner", "edge", "side", "first", "second", "third", "last",
 )
+_POSITION_RE = re.compile(r"\b(" + "|".join(_POSITION_WORDS) + r")\b", re.IGNORECASE)
 
 
 def has_position_words(text: str) -> bool:

@@ -98,8 +98,8 @@ def test_position_gap_scores_side_word_expressions_as_written_and_mirrored(tmp_p
         batch = Batch(torch.from_numpy(np.zeros((1, 3, 64, 64), dtype=np.float32)), tokens, lengths)
         model.head.classifier[2].bias -= model(batch).logits.mean()
     checkpoint = save_model(tmp_path / "sided.safetensors", model, {"image_size": 64, "threshold": 0.5})
-    n, written, swapped = bundled_model.position_gap(checkpoint, [sample, *others])
+    (n, written, swapped), flipped, none = bundled_model.position_gap(checkpoint, [[sample, *others], [mirrored], others])
     assert n == 1 and written != swapped  # only the targeted side-word expression counts
     # the mirrored expression, scored as written, is the first one's mirrored score and vice versa
-    assert bundled_model.position_gap(checkpoint, [mirrored]) == (1, swapped, written)
-    assert bundled_model.position_gap(checkpoint, others) == (0, None, None)
+    assert flipped == (1, swapped, written)
+    assert none == (0, None, None)

@@ -206,17 +206,17 @@ def test_crops_can_spare_expressions_with_position_words():
     samples = square_samples(8, seed=4, size=60)
     samples = [replace(s, sentence=f"the square on the {'left' if i % 2 else 'right'}" if i < 4 else "the square")
                for i, s in enumerate(samples)]
-    shapes = {}
+    boxes = {}
     for spare in (False, True):
         augment = load_config(
             None, ["data.augment.crop=1.0", "data.augment.scale=[0.6, 0.8]", "data.augment.hflip=0",
                    f"data.augment.crop_positions={not spare}"]
         ).data.augment
         dataset = RefDataset(samples, 32, augment, seed=0)
-        shapes[spare] = [dataset[i]["box"] for i in range(8)]
+        boxes[spare] = [dataset[i]["box"] for i in range(8)]
     sizes = [s.load_image().shape[:2] for s in samples]
-    cropped = {spare: [(box.orig_h, box.orig_w) != size for box, size in zip(boxes, sizes)]
-               for spare, boxes in shapes.items()}
+    cropped = {spare: [(box.orig_h, box.orig_w) != size for box, size in zip(views, sizes)]
+               for spare, views in boxes.items()}
     assert all(cropped[False])  # crop probability 1 and small targets: every sample is cropped
     assert cropped[True] == [False] * 4 + [True] * 4  # ... except the four that say left or right
 

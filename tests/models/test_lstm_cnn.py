@@ -371,6 +371,19 @@ def test_text_coords_option_reaches_both_lstm_cnn_models(mode: str) -> None:
         create_model("lstm_cnn", text_coords="polar", **SMALL)
 
 
+def test_lstm_cnn_plus_options() -> None:
+    model = create_model("lstm_cnn_plus", text="minilm", category_text="both", **SMALL)
+    assert model.checkpoint_exclude() == ["backbone.", "text.model."]
+    tokens, lengths = model.tokenize(["a zebra", "the sky"])
+    with torch.no_grad():
+        out = model(Batch(torch.randn(2, 3, 64, 64), tokens, lengths))
+    assert out.logits.shape == (2, 1, 64, 64) and model.class_vectors.shape == (135, 384)
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn_plus", embedding="learned", category_text="zero_shot", **SMALL)
+    with pytest.raises(ConfigError):
+        create_model("lstm_cnn_plus", category_source="pascal", **SMALL)
+
+
 def test_partly_fine_tuned_backbone_is_saved_and_trained_at_its_own_rate(tmp_path) -> None:
     """With ``backbone_trainable_stages`` the backbone trains (at lr x backbone_lr_scale), cannot be
     cached, and its weights go into the checkpoint instead of being rebuilt from ImageNet."""
