@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "refseg" / "weights" / "default.safetensors"
 MAX_SHIPPED_BYTES = 30 * 1024 * 1024
 TRAINING_COMMAND = "refseg train configs/bundled.yaml"
+BUNDLED_CONFIG = REPO / "configs" / "bundled.yaml"
 
 
 def checkpoint_of(run: str | Path) -> Path:
@@ -103,7 +104,7 @@ def threshold_sweep(
     run: str | Path,
     thresholds: Sequence[float],
     sizes: Sequence[int] = (),
-    config: str | Path = REPO / "configs" / "bundled.yaml",
+    config: str | Path = BUNDLED_CONFIG,
 ) -> str:
     """Markdown table: synthesized-val mean / overall IoU of a run at each inference canvas size
     (default: its training size) and decision threshold (the val split of ``config``).
@@ -168,7 +169,7 @@ def position_gap(checkpoint: str | Path, sample_sets: Sequence[Sequence]) -> lis
 def positions(
     runs: Sequence[str | Path],
     items: Sequence[HumanDevItem] | None,
-    config: str | Path = REPO / "configs" / "bundled.yaml",
+    config: str | Path = BUNDLED_CONFIG,
 ) -> str:
     """Markdown table: per run, mean IoU on side-word expressions as written and mirrored, on
     synthesized val (the val split of ``config``) and on the human dev set (when ``items``)."""
@@ -285,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds_parser.add_argument("run", type=Path)
     thresholds_parser.add_argument("--values", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5])
     thresholds_parser.add_argument("--sizes", type=int, nargs="+", default=(), help="inference canvas sizes (default: the training one)")
+    thresholds_parser.add_argument("--config", type=Path, default=BUNDLED_CONFIG, help="the config whose val split is scored")
     positions_parser = commands.add_parser("positions", help="IoU on side-word expressions, as written and mirrored")
     positions_parser.add_argument("runs", nargs="+", type=Path)
     ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
@@ -299,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(run)
         return 0
     if args.command == "thresholds":
-        print(threshold_sweep(args.run, args.values, args.sizes))
+        print(threshold_sweep(args.run, args.values, args.sizes, args.config))
         return 0
     items = load_human_dev(args.data) if args.data.is_dir() else None
     if args.command == "positions":

@@ -46,7 +46,10 @@ class DatasetSpec:
     * ``shaperef``: ``n`` generated samples with ``seed`` (in memory); ``split`` selects
       train/val/test; ``options`` go to the generator.
 
-    ``limit`` keeps only the first N samples (0 = all).
+    ``limit`` keeps only the first N samples (0 = all). ``exclude_images`` / ``only_images``: a JSONL
+    file whose lines name photos by ``image_id`` (e.g. ``bench/human_dev/expressions.jsonl``); the
+    samples of those photos are dropped / kept alone. That trains on a split without the photos a
+    dev set is written on, and validates on exactly those.
     """
 
     kind: DatasetKind = "manifest"
@@ -60,6 +63,8 @@ class DatasetSpec:
     n: int = 0
     seed: int = 0
     limit: int = 0
+    exclude_images: str = ""
+    only_images: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,8 +150,8 @@ class Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or start from defaults), then apply ``key=value`` overrides.
 
-    Relative paths in the file (``data.root``, or dataset paths when there is no root) are
-    relative to the file's folder; relative paths given as overrides are relative to the
+    Relative paths in the file (``data.root``, or dataset paths when there is no root, and photo
+    lists) are relative to the file's folder; relative paths given as overrides are relative to the
     current directory. Data paths are checked when the data is loaded (:func:`check_data_paths`).
     """
     raw: dict[str, Any] = {}
@@ -180,10 +185,13 @@ def _anchor_paths(config: Config, folder: Path) -> None:
             return value
         return os.path.normpath(folder / value)
 
+    specs = [*config.data.train, *config.data.val]
+    for spec in specs:
+        spec.exclude_images, spec.only_images = anchored(spec.exclude_images), anchored(spec.only_images)
     if config.data.root:
         config.data.root = anchored(config.data.root)
         return
-    for spec in [*config.data.train, *config.data.val]:
+    for spec in specs:
         spec.path = anchored(spec.path)
 
 
@@ -440,6 +448,9 @@ def check_data_paths(config: Config) -> None:
             for name in ("path", "split", "dataset", "split_by", "images"):
                 if getattr(spec, name) == REQUIRED:
                     raise ConfigError(f"{key}.{name} is required: pass {key}.{name}=... on the command line")
+            for name in ("exclude_images", "only_images"):
+                if getattr(spec, name) and not Path(os.path.expanduser(getattr(spec, name))).is_file():
+                    raise ConfigError(f"{key}.{name}: photo list not found: {getattr(spec, name)}")
             if spec.kind == "shaperef":
                 if spec.n <= 0:
                     raise ConfigError(f"{key}.n must be > 0 for a shaperef dataset")

@@ -40,5 +40,5 @@ def onnx(
     size_mb = result.path.stat().st_size / 2**20
     typer.echo(
         f"{result.path}: {segmenter.model.name}, {segmenter.image_size}px, {texts}, words {words}, "
-        f"outputs {', '.join(result.outputs)}, max |logit - torch| {result.max_abs_diff:.1e}, {size_mb:.1f} MB"
+        f"outputs {', '.join(result.outputs)}, max |probability - torch| {result.max_probability_diff:.1e}, {size_mb:.1f} MB"
     )

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -45,12 +46,36 @@ def load_samples(config: "Config", group: str) -> list[RefSample]:
     for i, spec in enumerate(getattr(config.data, group)):
         path = resolve_path(config, spec.path) if spec.path else None
         part = read_spec(spec, path)
+        if spec.exclude_images:
+            listed = read_image_ids(spec.exclude_images)
+            part = [s for s in part if s.image_id is None or str(s.image_id) not in listed]
+        if spec.only_images:
+            listed = read_image_ids(spec.only_images)
+            part = [s for s in part if s.image_id is not None and str(s.image_id) in listed]
         if spec.limit > 0:
             part = part[: spec.limit]
         if not part:
             raise ConfigError(f"data.{group}.{i} ({spec.kind} {spec.path or ''} {spec.split}) has no samples")
         samples.extend(part)
     return samples
+
+
+def read_image_ids(path: str | Path) -> set[str]:
+    """The ``image_id`` values named by a JSONL file (one object per line; other keys ignored)."""
+    ids: set[str] = set()
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}:{number}: not a JSON object")
+        if record.get("image_id") is None:
+            raise ConfigError(f"{path}:{number}: no image_id")
+        ids.add(str(record["image_id"]))
+    return ids
 
 
 def read_spec(spec: "DatasetSpec", path: Path | None) -> list[RefSample]:

@@ -130,6 +130,27 @@ def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monk
     assert load_config(with_root, ["data.root=other"]).data.root == "other"  # overrides: cwd-relative
     no_root = write(tmp_path / "configs", "data:\n  train:\n    - {path: ../a.jsonl}\n    - {path: /abs/b.jsonl}\n")
     assert [s.path for s in load_config(no_root).data.train] == [str(tmp_path / "a.jsonl"), "/abs/b.jsonl"]
+    lists = write(tmp_path / "configs", "data:\n  root: ../data\n  val:\n    - {path: a, only_images: ../dev.jsonl}\n")
+    assert load_config(lists).data.val[0].only_images == str(tmp_path / "dev.jsonl")  # not under data.root
+
+
+def test_photo_lists_must_exist_and_name_image_ids(tmp_path):
+    from refseg.data.dataset import read_image_ids
+
+    config = load_config(None, ["data.train.0.kind=shaperef", "data.train.0.n=10",
+                                f"data.train.0.exclude_images={tmp_path / 'dev.jsonl'}"])
+    with pytest.raises(ConfigError, match="data.train.0.exclude_images: photo list not found: .*dev.jsonl"):
+        check_data_paths(config)
+    (tmp_path / "dev.jsonl").write_text('{"image_id": 7, "sentence": "x"}\n\n{"image_id": "a"}\n')
+    check_data_paths(config)
+    assert read_image_ids(tmp_path / "dev.jsonl") == {"7", "a"}
+    (tmp_path / "dev.jsonl").write_text('{"image_id": 7}\n{"id": 3}\n')
+    with pytest.raises(ConfigError, match=r"dev.jsonl:2: no image_id"):
+        read_image_ids(tmp_path / "dev.jsonl")
+    for bad in ("{oops\n", '{"image_id": 1}\n[1]\n'):
+        (tmp_path / "dev.jsonl").write_text(bad)
+        with pytest.raises(ConfigError, match=rf"dev.jsonl:{bad.count(chr(10))}: not a JSON object"):
+            read_image_ids(tmp_path / "dev.jsonl")
 
 
 @pytest.mark.parametrize(

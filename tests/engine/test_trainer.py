@@ -17,6 +17,8 @@ from refseg.models.base import Batch
 from refseg.models.losses import distractor_logistic
 from tiny_engine_model import NAME, TinyEngineModel, square_samples, tiny_config_text, write_square_manifest
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
@@ -246,6 +248,38 @@ def test_shaperef_specs_split_one_generation_without_shared_scenes():
     assert train_samples and val_samples and len(train_samples) + len(val_samples) < 60
     assert {s.split for s in train_samples} == {"train"} and {s.split for s in val_samples} == {"val"}
     assert not {s.image_id for s in train_samples} & {s.image_id for s in val_samples}
+
+
+def test_photo_lists_split_one_spec_into_held_out_photos_and_the_rest(tmp_path):
+    import json
+
+    from refseg.data.dataset import load_samples
+
+    every = ["data.train.0.kind=shaperef", "data.train.0.n=40", "data.train.0.options={size: 64}"]
+    samples = load_samples(load_config(None, every), "train")
+    held_out = sorted({s.image_id for s in samples})[::3]
+    listing = tmp_path / "dev.jsonl"
+    listing.write_text("".join(json.dumps({"image_id": i, "sentence": "anything"}) + "\n" for i in held_out))
+    rest = load_samples(load_config(None, [*every, f"data.train.0.exclude_images={listing}"]), "train")
+    only = load_samples(load_config(None, [*every, f"data.train.0.only_images={listing}"]), "train")
+    assert {s.image_id for s in only} == set(held_out) and not {s.image_id for s in rest} & set(held_out)
+    assert sorted(s.id for s in rest + only) == sorted(s.id for s in samples)
+
+
+def test_bundled_recipes_never_train_on_the_human_dev_photos():
+    from refseg.data.dataset import read_image_ids
+
+    dev = REPO / "bench" / "human_dev" / "expressions.jsonl"
+    assert read_image_ids(dev)
+    trains_on_val = 0
+    for name in ("bundled.yaml", "bundled_more_photos.yaml"):  # (bundled_levers.yaml is a lever plan)
+        path = REPO / "configs" / name
+        config = load_config(path)
+        for spec in config.data.train:  # a source that reads a val split drops the dev photos
+            if spec.split == "val":
+                assert Path(spec.exclude_images) == dev, path.name
+                trains_on_val += 1
+    assert trains_on_val  # configs/bundled_more_photos.yaml does
 
 
 def test_coco_spec_on_real_data_gives_letterboxed_samples(shared_data, tmp_path):

@@ -121,4 +121,4 @@ def test_onnx_export_matches_torch(vocab, tmp_path):
 
     model = create_model("step", vocab=vocab, **SMALL).eval()
     result = export_onnx(model, tmp_path / "step.onnx", image_size=48)
-    assert result.path.is_file() and result.max_abs_diff <= 1e-4
+    assert result.path.is_file() and result.max_probability_diff <= 2.5e-5 and result.max_extras_diff <= 1e-4
