@@ -63,7 +63,11 @@ def load_samples(config: "Config", group: str) -> list[RefSample]:
 def read_image_ids(path: str | Path) -> set[str]:
     """The ``image_id`` values named by a JSONL file (one object per line; other keys ignored)."""
     ids: set[str] = set()
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the photo list ({type(exc).__name__})") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
