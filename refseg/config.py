@@ -449,8 +449,9 @@ def check_data_paths(config: Config) -> None:
                 if getattr(spec, name) == REQUIRED:
                     raise ConfigError(f"{key}.{name} is required: pass {key}.{name}=... on the command line")
             for name in ("exclude_images", "only_images"):
-                if getattr(spec, name) and not Path(os.path.expanduser(getattr(spec, name))).is_file():
-                    raise ConfigError(f"{key}.{name}: photo list not found: {getattr(spec, name)}")
+                listing = getattr(spec, name)
+                if listing and not Path(os.path.expanduser(listing)).is_file():
+                    raise ConfigError(f"{key}.{name}: photo list not found: {listing}")
             if spec.kind == "shaperef":
                 if spec.n <= 0:
                     raise ConfigError(f"{key}.n must be > 0 for a shaperef dataset")

@@ -150,9 +150,9 @@ def test_photo_lists_must_exist_and_name_image_ids(tmp_path):
     (tmp_path / "dev.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match=r"dev.jsonl: cannot read the photo list \(UnicodeDecodeError\)"):
         read_image_ids(tmp_path / "dev.jsonl")
-    for bad in ("{oops\n", '{"image_id": 1}\n[1]\n'):
+    for bad, line in (("{oops\n", 1), ('{"image_id": 1}\n[1]\n', 2)):
         (tmp_path / "dev.jsonl").write_text(bad)
-        with pytest.raises(ConfigError, match=rf"dev.jsonl:{bad.count(chr(10))}: not a JSON object"):
+        with pytest.raises(ConfigError, match=rf"dev.jsonl:{line}: not a JSON object"):
             read_image_ids(tmp_path / "dev.jsonl")
 
 
