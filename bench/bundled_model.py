@@ -11,6 +11,7 @@ Run from the repository root::
     python -m bench.bundled_model thresholds runs/bundled          # synthesized-val IoU per decision threshold
     python -m bench.bundled_model ship runs/bundled --threshold 0.4   # → refseg/weights/default.safetensors
     python -m bench.bundled_model positions runs/bundled           # does the run read "left" / "right"?
+    python -m bench.bundled_model instances runs/bundled           # the instance named, or its whole category?
 
 ``compare`` prints a markdown table (one row per run): the best synthesized-val mean / overall
 IoU recorded by the trainer, and the human-dev scores of that best checkpoint, overall and per
@@ -19,6 +20,8 @@ expression kind (unique / disambiguate / stuff / set). ``--crf`` adds DenseCRF-r
 thresholds; the shipped threshold is chosen there, never on the human dev set. ``positions`` scores
 the expressions with a side word ("left", "rightmost", ...) as written and mirrored (left ↔ right,
 the image unchanged): a model that reads the side words loses IoU on the mirrored text.
+``instances`` asks, on the human-dev expressions that pick one object among several of its category,
+whether the mask finds that object or every region of its category, and counts empty masks.
 """
 from __future__ import annotations
 
@@ -27,7 +30,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.human_dev.build import DEFAULT_DATA_ROOT, KINDS, HumanDevItem, by_kind, load_human_dev, reference_scores
+import numpy as np
+
+from bench.human_dev.build import (
+    DEFAULT_DATA_ROOT,
+    KINDS,
+    HumanDevItem,
+    by_kind,
+    category_oracle,
+    load_human_dev,
+    reference_scores,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "refseg" / "weights" / "default.safetensors"
@@ -189,6 +202,47 @@ def positions(
     return "\n".join(rows)
 
 
+def instance_focus(items: Sequence[HumanDevItem], masks: Sequence[np.ndarray]) -> dict[str, float]:
+    """Where predicted ``masks`` (one per item, original size) land on the disambiguation items:
+    mean IoU with the target and with every region of the target's category, mean mask and target
+    area (fractions of the photo); and the number of empty masks over all items."""
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        union = np.logical_or(a, b).sum()
+        return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+    picked = [(item, mask) for item, mask in zip(items, masks, strict=True) if item.kind == "disambiguate"]
+    columns = np.array(
+        [(iou(m, i.sample.mask), iou(m, category_oracle(i)), m.mean(), i.sample.mask.mean()) for i, m in picked]
+    ).reshape(-1, 4)
+    target, category, mask_area, target_area = columns.mean(axis=0) if len(picked) else [float("nan")] * 4
+    return {
+        "n": len(picked),
+        "iou_target": float(target),
+        "iou_category": float(category),
+        "mask_area": float(mask_area),
+        "target_area": float(target_area),
+        "empty": sum(not mask.any() for mask in masks),
+    }
+
+
+def instances(runs: Sequence[str | Path], items: Sequence[HumanDevItem]) -> str:
+    """Markdown table of :func:`instance_focus` per run, each at its own canvas and threshold."""
+    from refseg.api import Segmenter
+
+    rows = [
+        "| run | disambiguation n | IoU with target | IoU with its category | mask area | target area | empty masks (all) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        segmenter = Segmenter.from_pretrained(checkpoint_of(run))
+        masks = [segmenter.predict(item.sample.image, item.sample.sentence).mask for item in items]
+        focus = instance_focus(items, masks)
+        cells = [Path(run).name, str(focus["n"])]
+        cells += [_pct(focus[key]) for key in ("iou_target", "iou_category", "mask_area", "target_area")]
+        rows.append("| " + " | ".join([*cells, f"{focus['empty']} of {len(items)}"]) + " |")
+    return "\n".join(rows)
+
+
 def ship(
     run: str | Path,
     items: Sequence[HumanDevItem] | None,
@@ -289,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds_parser.add_argument("--config", type=Path, default=BUNDLED_CONFIG, help="the config whose val split is scored")
     positions_parser = commands.add_parser("positions", help="IoU on side-word expressions, as written and mirrored")
     positions_parser.add_argument("runs", nargs="+", type=Path)
+    instances_parser = commands.add_parser("instances", help="human dev: the named instance or its whole category?")
+    instances_parser.add_argument("runs", nargs="+", type=Path)
     ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
     ship_parser.add_argument("run", type=Path)
     ship_parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored with the model")
@@ -316,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_scores(reference_scores(items)))
     elif args.command == "compare":
         print(compare(args.runs, items, crf=args.crf))
+    elif args.command == "instances":
+        print(instances(args.runs, items))
     else:
         print(ship(args.run, items, args.out, args.threshold, args.image_size))
     return 0

@@ -103,3 +103,35 @@ def test_position_gap_scores_side_word_expressions_as_written_and_mirrored(tmp_p
     # the mirrored expression, scored as written, is the first one's mirrored score and vice versa
     assert flipped == (1, swapped, written)
     assert none == (0, None, None)
+
+
+def test_instance_focus_tells_the_named_instance_from_its_category():
+    from refseg.data.sample import Region, RefSample
+    from bench.human_dev.build import HumanDevItem
+
+    left, right, grass = (np.zeros((4, 6), bool) for _ in range(3))
+    left[0, :2] = True
+    right[1, 3:] = True
+    grass[3, :] = True
+    regions = [Region(i, c, k, m, (0, 0, 1, 1), int(m.sum()), k < 100)
+               for i, c, k, m in [(1, "zebra", 24, left), (2, "zebra", 24, right), (3, "grass", 124, grass)]]
+
+    def item(target: int, kind: str) -> HumanDevItem:
+        mask = regions[target - 1].mask
+        return HumanDevItem(RefSample(str(target), np.zeros((4, 6, 3), np.uint8), "s", mask, meta={"kind": kind}),
+                            regions, [target])
+    zebra, meadow = item(1, "disambiguate"), item(3, "stuff")
+    # both zebras marked: half the IoU with the one named, all of it with the category; grass left empty
+    focus = bundled_model.instance_focus([zebra, meadow], [left | right, np.zeros((4, 6), bool)])
+    assert focus == {"n": 1, "iou_target": 0.4, "iou_category": 1.0, "mask_area": 5 / 24, "target_area": 2 / 24, "empty": 1}
+    exact = bundled_model.instance_focus([zebra], [left])
+    assert (exact["iou_target"], exact["iou_category"], exact["empty"]) == (1.0, 0.4, 0)
+
+
+def test_instances_table_reports_a_run_on_human_dev(run_dir, shared_data):
+    items = load_human_dev(shared_data)[:8]
+    table = bundled_model.instances([run_dir], items).splitlines()
+    assert table[0].startswith("| run | disambiguation n | IoU with target")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[0] == "tiny" and cells[1] == str(sum(i.kind == "disambiguate" for i in items))
+    assert cells[-1].endswith("of 8")
