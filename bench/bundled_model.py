@@ -206,9 +206,7 @@ def instance_focus(items: Sequence[HumanDevItem], masks: Sequence[np.ndarray]) -
     """Where predicted ``masks`` (one per item, original size) land on the disambiguation items:
     mean IoU with the target and with every region of the target's category, mean mask and target
     area (fractions of the photo); and the number of empty masks over all items."""
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        union = np.logical_or(a, b).sum()
-        return float(np.logical_and(a, b).sum() / union) if union else 1.0
+    from refseg.engine.metrics import iou
 
     picked = [(item, mask) for item, mask in zip(items, masks, strict=True) if item.kind == "disambiguate"]
     columns = np.array(
