@@ -231,9 +231,16 @@ def instances(runs: Sequence[str | Path], items: Sequence[HumanDevItem]) -> str:
         "| run | disambiguation n | IoU with target | IoU with its category | mask area | target area | empty masks (all) |",
         "|---|---|---|---|---|---|---|",
     ]
+    by_photo: dict[str, list[int]] = {}  # each photo is encoded once for all its expressions
+    for index, item in enumerate(items):
+        by_photo.setdefault(str(item.sample.image), []).append(index)
     for run in runs:
         segmenter = Segmenter.from_pretrained(checkpoint_of(run))
-        masks = [segmenter.predict(item.sample.image, item.sample.sentence).mask for item in items]
+        masks: list[np.ndarray] = [np.zeros(0, bool)] * len(items)
+        for indices in by_photo.values():
+            texts = [items[i].sample.sentence for i in indices]
+            for i, prediction in zip(indices, segmenter.predict(items[indices[0]].sample.image, texts)):
+                masks[i] = prediction.mask
         focus = instance_focus(items, masks)
         cells = [Path(run).name, str(focus["n"])]
         cells += [_pct(focus[key]) for key in ("iou_target", "iou_category", "mask_area", "target_area")]

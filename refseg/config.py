@@ -77,6 +77,7 @@ class AugmentConfig:
     crop: float = 0.0  # probability of a scale/crop jitter that keeps the target inside
     crop_positions: bool = True  # also crop expressions with position words ("left", "top", "behind", ...)
     copy_paste: float = 0.0  # probability of pasting another sample's instance as the target
+    pair_paste: float = 0.0  # probability of pasting two instances of one category, the target named by side or size
 
 
 @dataclass

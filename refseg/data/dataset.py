@@ -240,9 +240,14 @@ def crop_window(
 
 
 def _paste_instance(
-    rgb: np.ndarray, donor_rgb: np.ndarray, donor_mask: np.ndarray, rng: np.random.Generator
+    rgb: np.ndarray,
+    donor_rgb: np.ndarray,
+    donor_mask: np.ndarray,
+    rng: np.random.Generator,
+    columns: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Paste the masked donor instance at a random place and scale; returns (image, new target)."""
+    """Paste the masked donor instance at a random place and scale, wholly inside ``columns``
+    (first, end) if given; returns (image, new target), or None when it does not fit."""
     from PIL import Image
 
     ys, xs = np.nonzero(donor_mask)
@@ -254,13 +259,14 @@ def _paste_instance(
     side = rng.uniform(0.25, 0.6) * min(h, w)  # longer side of the pasted instance
     factor = side / max(patch.shape[:2])
     ph, pw = max(2, round(patch.shape[0] * factor)), max(2, round(patch.shape[1] * factor))
-    if ph > h or pw > w:
+    first, end = columns or (0, w)
+    if ph > h or pw > end - first:
         return None
     patch = np.asarray(Image.fromarray(patch).resize((pw, ph), Image.BILINEAR))
     patch_mask = np.asarray(Image.fromarray(patch_mask.astype(np.uint8) * 255).resize((pw, ph), Image.NEAREST)) > 127
     if not patch_mask.any():
         return None
-    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(first, end - pw + 1))
     out = rgb.copy()
     region = out[top : top + ph, left : left + pw]
     region[patch_mask] = patch[patch_mask]
@@ -297,7 +303,7 @@ class RefDataset(Dataset):
     """Letterboxed samples; training augmentation is a pure function of ``(seed, epoch, index)``.
 
     With ``cached=True`` (frozen backbone, cached features) only the horizontal flip is kept:
-    crop jitter and copy-paste would create a new image view for every epoch, so they are
+    crop jitter and pasting would create a new image view for every epoch, so they are
     disabled and each photo has at most two cached views (plain and flipped).
     """
 
@@ -313,7 +319,7 @@ class RefDataset(Dataset):
         self.samples = list(samples)
         self.image_size = image_size
         if augment is not None and cached:
-            augment = replace(augment, crop=0.0, copy_paste=0.0)
+            augment = replace(augment, crop=0.0, copy_paste=0.0, pair_paste=0.0)
         self.augment = augment
         self.seed = seed
         self.cached = cached
@@ -322,6 +328,11 @@ class RefDataset(Dataset):
         self._donors = [
             i for i, s in enumerate(self.samples) if s.mask is not None and s.meta.get("category")
         ]
+        self._single_donors: dict[str, list[int]] = {}  # category → donors of one instance (pair pastes)
+        for i in self._donors:
+            if len(self.samples[i].meta.get("region_ids", ())) == 1:
+                self._single_donors.setdefault(self.samples[i].meta["category"], []).append(i)
+        self._pair_donors = [i for pool in self._single_donors.values() for i in pool]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -338,19 +349,23 @@ class RefDataset(Dataset):
         labels = category_map(sample, shape)
         text = sample.sentence
         flip = False
-        pasted = False
+        pasted = paired = False
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             draws = rng.random(3)
-            if self._donors and draws[0] < self.augment.copy_paste:
-                pasted_view = self._copy_paste(sample, rgb, rng)
-                if pasted_view is not None:
-                    rgb, mask, text = pasted_view
+            if self._donors and draws[0] < self.augment.copy_paste + self.augment.pair_paste:
+                paired = draws[0] >= self.augment.copy_paste
+                pasted_view = self._paste_pair(sample, rgb, rng) if paired else self._copy_paste(sample, rgb, rng)
+                if pasted_view is None:
+                    paired = False
+                else:
+                    rgb, mask, text, pasted_pixels = pasted_view
                     pasted = True
                     if labels is not None:
-                        labels = np.where(mask, -1, labels)  # the pasted pixels are not labelled
+                        labels = np.where(pasted_pixels, -1, labels)  # the pasted pixels are not labelled
             window = None
-            if draws[1] < self.augment.crop and (self.augment.crop_positions or not has_position_words(text)):
+            crops_text = self.augment.crop_positions or not has_position_words(text)
+            if draws[1] < self.augment.crop and crops_text and not paired:  # a crop could cut the pair
                 window = crop_window(mask, self.augment.scale, rng)
             if window is not None:
                 rgb, mask = rgb[window], mask[window]
@@ -394,17 +409,64 @@ class RefDataset(Dataset):
 
     def _copy_paste(
         self, sample: RefSample, rgb: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, str] | None:
+    ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray] | None:
+        """Another photo's instance pasted as the target, named by its category: (image, target,
+        text, pasted pixels), or None when no suitable donor was drawn."""
         donor = self.samples[self._donors[int(rng.integers(len(self._donors)))]]
         category = donor.meta["category"]
-        present = sample.meta.get("image_categories")
-        if present is None or category in present or image_key(donor) == image_key(sample):
+        if not _absent_from(sample, donor):
             return None  # the name would not single out the pasted instance
         donor_rgb = donor.load_image()
         pasted = _paste_instance(rgb, donor_rgb, donor.load_mask(donor_rgb.shape[:2]), rng)
         if pasted is None:
             return None
-        return pasted[0], pasted[1], f"the {category}"
+        return pasted[0], pasted[1], f"the {category}", pasted[1]
+
+    def _paste_pair(
+        self, sample: RefSample, rgb: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray] | None:
+        """Two instances of one category absent from the photo, one in each half; the target is
+        one of them, named by its side or size ("the dog on the left", "the smaller dog"), checked
+        by the synthesizer's scene rules. Same return as :meth:`_copy_paste`."""
+        from refseg.data.synthesis import Entity, Query, Realizer, Scene
+        from refseg.data.vocabulary import clean_category
+
+        if not self._pair_donors:
+            return None
+        lead = self.samples[self._pair_donors[int(rng.integers(len(self._pair_donors)))]]
+        pool = self._single_donors[lead.meta["category"]]  # categories as often as their instances
+        donors = [lead, self.samples[pool[int(rng.integers(len(pool)))]]]
+        if not all(_absent_from(sample, donor) for donor in donors):
+            return None
+        image, masks, width = rgb, [], rgb.shape[1]
+        for donor, columns in zip(donors, ((0, width // 2), (width // 2, width))):
+            donor_rgb = donor.load_image()
+            pasted = _paste_instance(image, donor_rgb, donor.load_mask(donor_rgb.shape[:2]), rng, columns)
+            if pasted is None:
+                return None
+            image = pasted[0]
+            masks.append(pasted[1])
+        noun = clean_category(donors[0].meta["category"])
+        scene = Scene([Entity(i, noun, m, colours=None) for i, m in enumerate(masks)], rgb.shape[:2])
+        groups = [[("side", "left"), ("side", "right")], [("size", "largest"), ("size", "smallest")]]
+        if rng.random() >= 0.75:  # mostly sides; sizes apply only when one is 1.6 times the other
+            groups.reverse()
+        if rng.integers(2):
+            groups[0].reverse()
+        for select in groups[0] + groups[1]:
+            query = Query(noun=noun, select=select)
+            chosen = scene.referents(query)
+            if chosen is not None and len(chosen) == 1:
+                target = masks[next(iter(chosen))]
+                return image, target, Realizer(rng).realize(query, scene), masks[0] | masks[1]
+        return None
+
+
+def _absent_from(sample: RefSample, donor: RefSample) -> bool:
+    """Whether the donor's category is known to be absent from the sample's photo (a pasted
+    instance of it is then the only one of its name)."""
+    present = sample.meta.get("image_categories")
+    return present is not None and donor.meta["category"] not in present and image_key(donor) != image_key(sample)
 
 
 class Collator:

@@ -237,6 +237,40 @@ def test_copy_paste_makes_the_pasted_instance_the_target():
     assert 0 < item["mask"].sum() and donor_pixels > 0
 
 
+def test_pair_paste_names_one_of_two_pasted_instances_by_side_or_size():
+    base = square_samples(8, seed=9, size=80)
+    donors = [RefSample(id=f"d{i}", image=s.image, sentence="x", mask=s.mask, source="t", image_id=f"d{i}",
+                        meta={"category": "kite", "image_categories": ["kite"], "region_ids": [1]})
+              for i, s in enumerate(base[:2])]
+    dest = [RefSample(id=s.id, image=s.image, sentence=s.sentence, mask=s.mask, source="t", image_id=s.id,
+                      meta={"image_categories": ["square"]}) for s in base[2:7]]
+    augment = load_config(None, ["data.augment.pair_paste=1.0", "data.augment.hflip=0"]).data.augment
+    dataset = RefDataset([*donors, *dest], 32, augment, seed=0, with_targets=True)
+    seen = set()
+    for seed in range(40):
+        sample = dataset.samples[2 + seed % 5]
+        pasted = dataset._paste_pair(sample, sample.load_image(), np.random.default_rng(seed))
+        if pasted is None:
+            continue
+        image, target, text, both = pasted
+        other = both & ~target
+        assert "kite" in text and target.any() and other.any() and not (target & other).any()
+        half = image.shape[1] // 2  # the left half is columns [0, half)
+        if "left" in text:
+            seen.add("left")
+            assert np.nonzero(target)[1].max() < half <= np.nonzero(other)[1].min()
+        elif "right" in text:
+            seen.add("right")
+            assert np.nonzero(other)[1].max() < half <= np.nonzero(target)[1].min()
+        else:
+            larger = any(w in text.split() for w in ("bigger", "larger", "big", "biggest", "largest"))
+            seen.add("size")
+            assert target.sum() >= 1.6 * other.sum() if larger else other.sum() >= 1.6 * target.sum()
+    assert seen == {"left", "right", "size"}
+    item = dataset[3]  # through __getitem__: a pasted view, not cached, its target is one kite
+    assert "kite" in item["text"] and item["view"] is None and item["target"].any()
+
+
 def test_shaperef_specs_split_one_generation_without_shared_scenes():
     from refseg.data.dataset import load_samples
 
