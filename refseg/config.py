@@ -440,9 +440,19 @@ def resolve_path(config: Config, path: str) -> Path:
 
 
 def check_data_paths(config: Config) -> None:
-    """Raise ConfigError for required values left unset and dataset paths that do not exist."""
+    """Raise ConfigError for required values left unset, augmentation probabilities outside
+    [0, 1] and dataset paths that do not exist."""
     if config.data.root == REQUIRED:
         raise ConfigError("data.root is required: pass data.root=/path/to/data on the command line")
+    augment = config.data.augment
+    for name in ("hflip", "crop", "copy_paste", "pair_paste"):
+        if not 0.0 <= getattr(augment, name) <= 1.0:
+            raise ConfigError(f"data.augment.{name} is a probability in [0, 1], got {getattr(augment, name)}")
+    if augment.copy_paste + augment.pair_paste > 1.0:
+        raise ConfigError(
+            f"data.augment.copy_paste + data.augment.pair_paste must be at most 1 (one paste per sample), "
+            f"got {augment.copy_paste} + {augment.pair_paste}"
+        )
     for group in ("train", "val"):
         for i, spec in enumerate(getattr(config.data, group)):
             key = f"data.{group}.{i}"

@@ -106,6 +106,19 @@ def test_missing_data_paths_and_required_values(tmp_path):
         check_data_paths(config)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["data.augment.hflip=1.5"], r"data.augment.hflip is a probability in \[0, 1\], got 1.5"),
+     (["data.augment.pair_paste=-0.1"], r"data.augment.pair_paste is a probability"),
+     (["data.augment.copy_paste=0.6", "data.augment.pair_paste=0.5"], r"must be at most 1 \(one paste per sample\)")],
+)
+def test_augmentation_probabilities_are_checked(overrides, message):
+    config = load_config(None, ["data.train.0.kind=shaperef", "data.train.0.n=4", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        check_data_paths(config)
+    check_data_paths(load_config(None, ["data.train.0.kind=shaperef", "data.train.0.n=4"]))
+
+
 MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi", "step")
 
 
