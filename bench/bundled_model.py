@@ -226,6 +226,7 @@ def instance_focus(items: Sequence[HumanDevItem], masks: Sequence[np.ndarray]) -
 def instances(runs: Sequence[str | Path], items: Sequence[HumanDevItem]) -> str:
     """Markdown table of :func:`instance_focus` per run, each at its own canvas and threshold."""
     from refseg.api import Segmenter
+    from refseg.data.dataset import image_key
 
     rows = [
         "| run | disambiguation n | IoU with target | IoU with its category | mask area | target area | empty masks (all) |",
@@ -233,15 +234,15 @@ def instances(runs: Sequence[str | Path], items: Sequence[HumanDevItem]) -> str:
     ]
     by_photo: dict[str, list[int]] = {}  # each photo is encoded once for all its expressions
     for index, item in enumerate(items):
-        by_photo.setdefault(str(item.sample.image), []).append(index)
+        by_photo.setdefault(image_key(item.sample), []).append(index)
     for run in runs:
         segmenter = Segmenter.from_pretrained(checkpoint_of(run))
-        masks: list[np.ndarray] = [np.zeros(0, bool)] * len(items)
+        masks: dict[int, np.ndarray] = {}
         for indices in by_photo.values():
             texts = [items[i].sample.sentence for i in indices]
-            for i, prediction in zip(indices, segmenter.predict(items[indices[0]].sample.image, texts)):
-                masks[i] = prediction.mask
-        focus = instance_focus(items, masks)
+            predictions = segmenter.predict(items[indices[0]].sample.image, texts)
+            masks.update((i, prediction.mask) for i, prediction in zip(indices, predictions, strict=True))
+        focus = instance_focus(items, [masks[i] for i in range(len(items))])
         cells = [Path(run).name, str(focus["n"])]
         cells += [_pct(focus[key]) for key in ("iou_target", "iou_category", "mask_area", "target_area")]
         rows.append("| " + " | ".join([*cells, f"{focus['empty']} of {len(items)}"]) + " |")

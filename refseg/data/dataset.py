@@ -354,18 +354,19 @@ class RefDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             draws = rng.random(3)
             if self._donors and draws[0] < self.augment.copy_paste + self.augment.pair_paste:
-                paired = draws[0] >= self.augment.copy_paste
-                pasted_view = self._paste_pair(sample, rgb, rng) if paired else self._copy_paste(sample, rgb, rng)
-                if pasted_view is None:
-                    paired = False
-                else:
+                pair = draws[0] >= self.augment.copy_paste
+                pasted_view = self._paste_pair(sample, rgb, rng) if pair else self._copy_paste(sample, rgb, rng)
+                if pasted_view is not None:
                     rgb, mask, text, pasted_pixels = pasted_view
-                    pasted = True
+                    pasted, paired = True, pair
                     if labels is not None:
                         labels = np.where(pasted_pixels, -1, labels)  # the pasted pixels are not labelled
             window = None
-            crops_text = self.augment.crop_positions or not has_position_words(text)
-            if draws[1] < self.augment.crop and crops_text and not paired:  # a crop could cut the pair
+            if (
+                draws[1] < self.augment.crop
+                and not paired  # a crop could cut the other instance of the pair off
+                and (self.augment.crop_positions or not has_position_words(text))
+            ):
                 window = crop_window(mask, self.augment.scale, rng)
             if window is not None:
                 rgb, mask = rgb[window], mask[window]

@@ -254,7 +254,7 @@ def test_pair_paste_names_one_of_two_pasted_instances_by_side_or_size():
             continue
         image, target, text, both = pasted
         other = both & ~target
-        assert "kite" in text and target.any() and other.any() and not (target & other).any()
+        assert "kite" in text and target.any() and other.any()
         half = image.shape[1] // 2  # the left half is columns [0, half)
         if "left" in text:
             seen.add("left")
@@ -267,7 +267,7 @@ def test_pair_paste_names_one_of_two_pasted_instances_by_side_or_size():
             seen.add("size")
             assert target.sum() >= 1.6 * other.sum() if larger else other.sum() >= 1.6 * target.sum()
     assert seen == {"left", "right", "size"}
-    item = dataset[3]  # through __getitem__: a pasted view, not cached, its target is one kite
+    item = dataset[3]  # through __getitem__: a pasted view (not cached) whose text names the kite
     assert "kite" in item["text"] and item["view"] is None and item["target"].any()
 
 
