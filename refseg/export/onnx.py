@@ -47,7 +47,9 @@ DEFAULT_OPSET = 17
 #: where p is near 0 the log-odds of a fused probability (``lstm_cnn_plus``) turn float32 rounding
 #: into differences of 1e-2 that change p by 1e-7.
 PROBABILITY_TOLERANCE = 2.5e-4
-#: ... and for the other outputs (word maps, attention), compared as they are.
+#: ... and for the other outputs (word maps, attention, low-resolution and category logits), as
+#: |difference| / (1 + |value|): absolute below 1, relative above, since float32 rounding grows with
+#: the value (the bundled model's logit extras reach 12 and differ by 4e-3).
 TOLERANCE = 1e-3
 INPUTS = ("image", "tokens", "lengths")
 _PROBE_TEXTS = ("the man on the left", "red", "a small white dog next to the large brown chair on the right")
@@ -73,7 +75,7 @@ class ExportResult:
     max_tokens: int
     outputs: tuple[str, ...]
     max_probability_diff: float  # largest |difference| of sigmoid(logits)
-    max_extras_diff: float  # largest |difference| of the other outputs (0 without any)
+    max_extras_diff: float  # largest |difference| / (1 + |value|) of the other outputs (0 without any)
 
 
 class _Graph(nn.Module):
@@ -133,7 +135,7 @@ def export_onnx(
         if prob_diff > PROBABILITY_TOLERANCE or extras_diff > TOLERANCE:
             failures.append(
                 f"{_describe(layout)}: max |probability difference| {prob_diff:.2e} (at most {PROBABILITY_TOLERANCE}),"
-                f" max |difference| of the other outputs {extras_diff:.2e} (at most {TOLERANCE})"
+                f" max |difference| / (1 + |value|) of the other outputs {extras_diff:.2e} (at most {TOLERANCE})"
             )
             continue
         proto = onnx.load_from_string(graph)
@@ -228,7 +230,7 @@ def _verify(
     max_tokens: int,
 ) -> tuple[float, float]:
     """Largest |difference| between onnxruntime and the PyTorch references: of the probabilities
-    (sigmoid of the logits), and of the other outputs."""
+    (sigmoid of the logits), and of the other outputs scaled by 1 + |value| (see ``TOLERANCE``)."""
     runner = OnnxRunner(_session(graph, "cpu"), layout, max_tokens, ("logits", *extras))
     worst_probability = worst_extras = 0.0
     for texts, tokens, lengths, expected in references:
@@ -242,7 +244,7 @@ def _verify(
             have = got.extras[name][tuple(slice(0, s) for s in want.shape)].float()  # padded T: the real words
             if have.shape != want.shape:
                 return float("inf"), float("inf")
-            worst_extras = max(worst_extras, float((have - want).abs().max()))
+            worst_extras = max(worst_extras, float(((have - want).abs() / (1 + want.abs())).max()))
     return worst_probability, worst_extras
 
 

@@ -146,6 +146,39 @@ def test_verification_compares_probabilities_not_log_odds(tmp_path: Path, monkey
             export_onnx(model, tmp_path / "m.onnx", image_size=64)
 
 
+@pytest.mark.parametrize("scale, exports", [(1e4, True), (1.0, False)])
+def test_verification_scales_other_outputs_by_their_size(tmp_path: Path, monkeypatch, scale: float, exports: bool) -> None:
+    """Word maps off by 5e-4 of their value plus 5e-3 / scale: at values of thousands that is float32
+    rounding (kept, though the absolute error is far over the tolerance); at values about 1, an
+    error of 5e-3 is refused."""
+    import dataclasses
+
+    import refseg.export.onnx as onnx_export
+
+    torch.manual_seed(0)
+    model = WordLoopModel("lstm").eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(scale)
+    exact = onnx_export._torch_references
+    largest = []
+
+    def off(*args):
+        references = exact(*args)
+        largest.extend(float(out.extras["word_maps"].abs().max()) for *_, out in references)
+        return [
+            (t, k, n, dataclasses.replace(out, extras={"word_maps": out.extras["word_maps"] * (1 + 5e-4) + 5e-3 / scale}))
+            for t, k, n, out in references
+        ]
+
+    monkeypatch.setattr(onnx_export, "_torch_references", off)
+    if exports:
+        assert export_onnx(model, tmp_path / "m.onnx", image_size=64).max_extras_diff <= TOLERANCE
+        assert max(largest) * 5e-4 > 10 * TOLERANCE  # compared as they are, they would be refused
+    else:
+        with pytest.raises(ConfigError, match=r"other outputs [45]\.\d+e-03 \(at most 0.001\)"):
+            export_onnx(model, tmp_path / "m.onnx", image_size=64)
+
+
 def test_metadata_describes_model_tokenizer_and_layout(tmp_path: Path) -> None:
     model = WordLoopModel("loop", max_len=5)
     checkpoint = save_model(tmp_path / "words.safetensors", model, {"image_size": 64, "note": "test"})
