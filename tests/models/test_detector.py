@@ -122,6 +122,16 @@ def test_anchors_follow_the_feature_map_sizes(untrained, size: int) -> None:
     torch.testing.assert_close(first, torch.tensor([0.5 / grids[0][0], 0.5 / grids[0][1], 0.1, 0.1]))
 
 
+def test_anchors_keep_their_pixel_size_or_their_relative_size() -> None:
+    pixels, relative = SSDMobileNetV2(), SSDMobileNetV2(anchors="relative")
+    assert pixels.anchor_scale(300) == relative.anchor_scale(300) == relative.anchor_scale(600) == 1.0
+    assert pixels.anchor_scale(600) == 0.5
+    grids = SSDMobileNetV2.grid_sizes((38, 38))
+    torch.testing.assert_close(grid_anchors(grids, 0.5)[:, 2:], grid_anchors(grids)[:, 2:] / 2)
+    with pytest.raises(ConfigError, match="anchors"):
+        SSDMobileNetV2(anchors="absolute")
+
+
 def test_feature_taps_and_strides(untrained) -> None:
     with torch.no_grad():
         taps = untrained.features(torch.zeros(2, 3, 67, 45))
