@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_segment_cli import run  # the CLI in-process: (exit code, stdout, stderr)
+
 from refseg import viz
-from refseg.cli import main
 from refseg.errors import ConfigError
 from refseg.models.detector import graph_path
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
 
 
 @pytest.fixture()
