@@ -41,7 +41,6 @@ MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 
 EXTRA_LAYERS = ((256, 512), (128, 256), (128, 256), (64, 128))
 ANCHORS_PER_LOCATION = (3, 6, 6, 6, 6, 6)
 SCOPE = "FeatureExtractor/MobilenetV2"
-OUTPUT_STRIDES = (8, 16, 32)
 TRAINED_SIZE = 300  # the graph's fixed_shape_resizer
 ANCHOR_SIZES = ("pixels", "relative")
 
@@ -140,15 +139,14 @@ class MobileNetV2(nn.Module):
     Taps: the last stride-4 block (24 ch), the last stride-8 block (32 ch), the expansion of the first
     stride-32 block (576 ch, still at stride 16: the SSD's first map) and the 1×1 ``Conv_1`` output
     (1280 ch; with ``last="block"`` the last block's 320 ch instead, ``head`` then gives the 1280).
-    ``output_stride`` 16 or 8 replaces the later strides by dilation. Inputs are in [-1, 1].
+    ``output_stride`` 16 or 8 replaces the later strides by dilation (options checked by
+    :class:`refseg.models.backbone.CocoMobileNetV2`). Inputs are in [-1, 1].
     """
 
     TAP_BLOCKS = (2, 5, 13)  # block index of the stride-4, stride-8 taps and the expanded stride-16 tap
 
     def __init__(self, output_stride: int = 32, last: str = "head") -> None:
         super().__init__()
-        if output_stride not in OUTPUT_STRIDES:
-            raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
         self.stem = Unit(f"{SCOPE}/Conv", 3, 32, 3, 2)
         blocks, cin = [], 32
         for t, c, n, s in MOBILENET_V2:
