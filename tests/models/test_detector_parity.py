@@ -25,8 +25,7 @@ def models():
         pb = graph_path()
     except ConfigError as err:
         pytest.skip(str(err))
-    net = cv2.dnn.readNetFromTensorflow(str(pb), str(pb.parent / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"))
-    return load_detector(), net
+    return load_detector(), pb
 
 
 def photos(shared_data):
@@ -36,9 +35,9 @@ def photos(shared_data):
     return found[:NUM_PHOTOS]
 
 
-def opencv_detections(net, rgb: np.ndarray) -> np.ndarray:
+def opencv_detections(net, rgb: np.ndarray, size: int) -> np.ndarray:
     """[N, 6]: label, score, x1, y1, x2, y2 in the photo's pixels, clipped to it."""
-    net.setInput(resize_like_tf(rgb, 300).numpy())
+    net.setInput(resize_like_tf(rgb, size).numpy())
     out = net.forward()[0, 0]
     h, w = rgb.shape[:2]
     boxes = np.clip(out[:, 3:7], 0, 1) * np.array([w, h, w, h], np.float32)
@@ -51,13 +50,17 @@ def has_match(row: np.ndarray, others: np.ndarray) -> bool:
     return bool((same & (np.abs(others[:, 2:] - row[2:]).max(axis=1) <= BOX_TOL)).any())
 
 
-def test_same_detections_as_opencv(models, shared_data) -> None:
-    detector, net = models
+@pytest.mark.parametrize("size", [300, 384])
+def test_same_detections_as_opencv(models, shared_data, size: int) -> None:
+    """At 300 px (the graph's size) and at 384 px, where OpenCV's PriorBox keeps the anchors' pixel size as ours do."""
+    detector, pb = models
+    # a fresh network per size: OpenCV keeps the anchors of the first input size it ran at
+    net = cv2.dnn.readNetFromTensorflow(str(pb), str(pb.parent / "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"))
     compared = 0
     for path in photos(shared_data):
         rgb = load_image(path)
-        ours = detector.detect(rgb, size=300, score_threshold=THRESHOLD)
-        theirs = opencv_detections(net, rgb)
+        ours = detector.detect(rgb, size=size, score_threshold=THRESHOLD)
+        theirs = opencv_detections(net, rgb, size)
         mine = np.concatenate([ours.labels[:, None], ours.scores[:, None], ours.boxes], axis=1)
         for row in mine:  # each of ours is one of OpenCV's ...
             assert has_match(row, theirs), f"{path.name}: ours {row} has no OpenCV counterpart"
