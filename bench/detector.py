@@ -7,8 +7,8 @@
 ``../shared/data`` COCO instances, instances-extra and panoptic (things), scores the boxes with
 pycocotools ``COCOeval`` (AP over IoU 0.5:0.95 and AP at IoU 0.5), and, at ``--threshold``,
 the recall at IoU 0.5 of each frequent class (a ground-truth box counts as found when a
-detection of its class overlaps it by IoU >= 0.5), the class-agnostic recall and the number of
-detections per photo. ``latency`` first times the graph parse and ``load_detector``, then times, in interleaved rounds on one decoded photo, our
+detection of its class overlaps it by IoU >= 0.5), the class-agnostic recall, the recall of
+COCO's large objects (the size of most referred objects) and the number of detections per photo. ``latency`` first times the graph parse and ``load_detector``, then times, in interleaved rounds on one decoded photo, our
 pre-processing, network and end-to-end ``detect`` against OpenCV's forward of the same graph
 (``cv2.dnn.readNetFromTensorflow``, which includes its NMS) from a prepared input, and the
 batched throughput of both. Both print markdown tables.
@@ -41,6 +41,7 @@ VAL_SETS = (
 )
 EVAL_THRESHOLD = 0.01
 MIN_INSTANCES = 25  # a class is "frequent" with at least this many ground-truth boxes over the three sets
+LARGE_AREA = 96**2  # COCO's "large" objects
 
 
 # ------------------------------------------------------------------------------------ accuracy
@@ -94,8 +95,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-9)
 
 
-def recall_hits(gt: dict, results: list[dict], threshold: float) -> list[tuple[int, bool, bool]]:
-    """Per non-crowd ground-truth box: (class id, found by its class, found by any class) at IoU >= 0.5."""
+def recall_hits(gt: dict, results: list[dict], threshold: float) -> list[tuple[int, bool, bool, bool]]:
+    """Per non-crowd ground-truth box: (class id, found by its class, found by any class, COCO "large")
+    at IoU >= 0.5; large means an area above 96² pixels."""
     kept = [r for r in results if r["score"] >= threshold]
     hits = []
     for image_id in {im["id"] for im in gt["images"]}:
@@ -107,7 +109,10 @@ def recall_hits(gt: dict, results: list[dict], threshold: float) -> list[tuple[i
         d_boxes = np.array([r["bbox"] for r in found], np.float64).reshape(-1, 4)
         iou = box_iou(t_boxes, d_boxes) >= 0.5
         same = np.array([[a["category_id"] == r["category_id"] for r in found] for a in truths], bool).reshape(iou.shape)
-        hits += [(a["category_id"], bool((iou[i] & same[i]).any()), bool(iou[i].any())) for i, a in enumerate(truths)]
+        hits += [
+            (a["category_id"], bool((iou[i] & same[i]).any()), bool(iou[i].any()), a["area"] > LARGE_AREA)
+            for i, a in enumerate(truths)
+        ]
     return hits
 
 
@@ -121,8 +126,9 @@ def accuracy(sizes: list[int], threshold: float, anchors: str) -> None:
     sets = [(name, ground_truth(DATA / ann), DATA / photos) for name, ann, photos in VAL_SETS]
     counted = ", ".join(f"{name} {len(gt['images'])}" for name, gt, _ in sets)
     print(f"Photos: {counted}; boxes scored at >= {EVAL_THRESHOLD}, recall at >= {threshold}; anchors: {anchors}.\n")
-    print("| size | set | AP | AP@0.5 | recall@0.5 (class) | recall@0.5 (any class) | detections / photo |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("| size | set | AP | AP@0.5 | recall@0.5 (class) | recall@0.5 (any class) | recall@0.5 (class), large | "
+          "detections / photo |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     per_class: dict[int, Counter] = {}
     for size in sizes:
         hits_all = []
@@ -135,8 +141,9 @@ def accuracy(sizes: list[int], threshold: float, anchors: str) -> None:
             hits = recall_hits(gt, results, threshold)
             hits_all += hits
             per_photo = sum(r["score"] >= threshold for r in results) / len(gt["images"])
+            large = [h[1] for h in hits if h[3]]
             print(f"| {size} | {name} | {100 * ap:.1f} | {100 * ap50:.1f} | {100 * np.mean([h[1] for h in hits]):.1f} | "
-                  f"{100 * np.mean([h[2] for h in hits]):.1f} | {per_photo:.1f} |")
+                  f"{100 * np.mean([h[2] for h in hits]):.1f} | {100 * np.mean(large):.1f} ({len(large)}) | {per_photo:.1f} |")
         counts = Counter(h[0] for h in hits_all)
         per_class[size] = Counter({c: sum(h[1] for h in hits_all if h[0] == c) for c in counts})
     print(f"\nRecall at IoU 0.5 and score >= {threshold}, per class with >= {MIN_INSTANCES} boxes over the three sets:\n")

@@ -40,10 +40,12 @@ def test_perfect_boxes_score_one_and_misplaced_ones_zero() -> None:
 
 
 def test_recall_counts_class_and_any_class_hits() -> None:
-    assert sorted(bench.recall_hits(GT, results(), 0.2)) == [(1, True, True), (1, True, True), (18, True, True)]
+    assert sorted(bench.recall_hits(GT, results(), 0.2)) == [(1, True, True, False), (1, True, True, False), (18, True, True, False)]
     wrong_class = bench.recall_hits(GT, results(category=18), 0.2)
-    assert sorted(wrong_class) == [(1, False, True), (1, False, True), (18, True, True)]
-    assert all(not found and not anything for _, found, anything in bench.recall_hits(GT, results(), 0.95))
+    assert sorted(wrong_class) == [(1, False, True, False), (1, False, True, False), (18, True, True, False)]
+    assert all(not found and not anything for _, found, anything, _ in bench.recall_hits(GT, results(), 0.95))
+    big = {**GT, "annotations": [{**a, "area": 100 * 100} for a in GT["annotations"]]}
+    assert all(large for *_, large in bench.recall_hits(big, results(), 0.2))
 
 
 def test_box_iou() -> None:
