@@ -45,8 +45,13 @@ def segment(
     from refseg.api import Segmenter
     from refseg.data.images import load_image
     from refseg.errors import OutputError
+    from refseg.extras import require
     from refseg.io import save_mask_png, save_png
 
+    if runtime is Runtime.onnx:
+        require("onnx", "--runtime onnx")  # before the (slow) model load
+    if crf:
+        require("crf", "--crf")
     output = output if output is not None else Path(f"{image.stem}.mask.png")
     targets = [p for p in (output, overlay, heatmap) if p is not None]
     for path in targets:  # fail before the (slow) model load, not after it
