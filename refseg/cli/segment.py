@@ -68,7 +68,10 @@ def segment(
     if heatmap is not None:
         save_png(heatmap, viz.heatmap(rgb, pred.prob))
     h, w = pred.mask.shape
-    typer.echo(f"{output}: {w}x{h} mask, area {100 * pred.area:.1f}%, score {pred.score:.3f}")
+    if pred.empty:
+        typer.echo(f"{output}: nothing found for {text!r}: empty {w}x{h} mask, confidence {pred.confidence:.2f}")
+    else:
+        typer.echo(f"{output}: {w}x{h} mask, area {100 * pred.area:.1f}%, confidence {pred.confidence:.2f}")
 
 
 def demo(
