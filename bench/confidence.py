@@ -27,7 +27,7 @@ RIGHT_IOU = 0.5
 ALTERNATIVES: dict[str, Callable] = {
     "highest probability in the photo": lambda p: float(p.prob.max()),
     "smaller mask (1 - area)": lambda p: 1.0 - p.area,
-    "certainty (mean |2p - 1|)": lambda p: float(np.abs(2.0 * p.prob - 1.0).mean()),
+    "certainty (mean of abs(2p - 1))": lambda p: float(np.abs(2.0 * p.prob - 1.0).mean()),
 }
 
 
