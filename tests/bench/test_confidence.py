@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench import confidence  # noqa: E402
+from refseg.api import Prediction  # noqa: E402
 
 
 def test_auroc_is_the_chance_that_right_outranks_wrong() -> None:
@@ -23,24 +23,14 @@ def test_auroc_is_the_chance_that_right_outranks_wrong() -> None:
         confidence.auroc([0.1, 0.2], [True, True])
 
 
-@dataclass
-class _Pred:
-    prob: np.ndarray
-    mask: np.ndarray
-    confidence: float
-
-    @property
-    def empty(self) -> bool:
-        return not self.mask.any()
-
-    @property
-    def area(self) -> float:
-        return float(self.mask.mean())
+def _prediction(prob: np.ndarray, threshold: float, confidence: float) -> Prediction:
+    return Prediction(text="x", tokens=["x"], mask=prob >= threshold, prob=prob, confidence=confidence)
 
 
 def test_report_counts_and_ranks() -> None:
     prob = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
-    results = [(_Pred(prob, prob >= t, c), iou) for t, c, iou in [(0.5, 0.9, 0.8), (2.0, 0.2, 0.0), (0.9, 0.6, 0.1)]]
+    cases = [(0.5, 0.9, 0.8), (2.0, 0.2, 0.0), (0.9, 0.6, 0.1)]  # threshold, confidence, IoU
+    results = [(_prediction(prob, t, c), iou) for t, c, iou in cases]
     text = confidence.report(results)
     assert text.startswith("3 expressions, 1 right (IoU >= 0.5), 2 wrong; 1 answered 'nothing found'.")
     assert "| `Prediction.confidence` | 1.000 |" in text
