@@ -53,7 +53,7 @@ def mask_confidence(prob: np.ndarray, mask: np.ndarray) -> float:
     """Mean probability inside the mask; the highest probability when the mask is empty.
 
     An empty mask's confidence is below the threshold, so "nothing found" ranks under every
-    non-empty mask. How well it ranks right masks above wrong ones: docs/api.md#confidence.
+    non-empty mask. How well it ranks right masks above wrong ones: docs/api.md#nothing-found-and-confidence.
     """
     if mask.any():
         return float(prob[mask].mean())
