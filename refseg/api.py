@@ -3,7 +3,7 @@
 >>> from refseg import Segmenter
 >>> seg = Segmenter.from_pretrained()                      # the bundled model
 >>> pred = seg.predict("photo.jpg", "the dog on the left")
->>> pred.mask.shape, pred.score                            # bool [H, W] at the photo's size
+>>> pred.mask.shape, pred.empty, pred.confidence          # bool [H, W] at the photo's size
 
 Several expressions on one photo share one backbone pass (``seg.predict(img, [t1, t2])``).
 The network runs through a small :class:`Runner` (torch here; ``runtime="onnx"`` uses the
@@ -27,7 +27,7 @@ from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError, TextError
 from refseg.models.base import Batch, ModelOutput, RefSegModel
 from refseg.models.text import UNK, split_words
-from refseg.postprocess.masks import logits_to_probability, probability_to_mask
+from refseg.postprocess.masks import finish, logits_to_probability
 
 #: Canvas side used when neither the caller nor the checkpoint names one.
 DEFAULT_IMAGE_SIZE = 320
@@ -96,9 +96,10 @@ class TorchRunner:
 class Prediction:
     """One expression's result at the photo's original resolution.
 
-    ``mask`` bool [H, W]; ``prob`` float32 [H, W]; ``score`` is the mean probability inside
-    the mask (the maximum probability when the mask is empty); ``tokens`` the words the model
-    read. ``extras`` (computed on first access) holds, when the model has them,
+    ``mask`` bool [H, W]; ``prob`` float32 [H, W]; ``empty`` is the "nothing found" answer;
+    ``confidence`` in [0, 1] ranks predictions by how likely they are right
+    (:func:`refseg.postprocess.masks.mask_confidence`, or the model's own); ``tokens`` the words
+    the model read. ``extras`` (computed on first access) holds, when the model has them,
     ``word_maps`` float32 [n_words, H, W] (probability after each word, RMI),
     ``word_attention`` float32 [steps, n_words] and ``step_maps`` float32 [steps, H, W]
     (word weights and probability at each recurrent step, STEP).
@@ -108,10 +109,15 @@ class Prediction:
     tokens: list[str]
     mask: np.ndarray
     prob: np.ndarray
-    score: float
+    confidence: float
     # what ``extras`` is computed from: the model's extras for this expression, on the canvas grid
     raw_extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
     letterbox: Letterbox | None = field(default=None, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        """True when no pixel reached the threshold: the model found nothing the text refers to."""
+        return not self.mask.any()
 
     @property
     def area(self) -> float:
@@ -220,14 +226,14 @@ class Segmenter:
                 prob = logits_to_probability(out.logits[i], box)
                 if refine is not None:
                     prob = refine(prob, rgb)
-                mask = probability_to_mask(prob, threshold)
+                result = finish(prob, threshold, _model_confidence(out, i, len(chunk)))
                 predictions.append(
                     Prediction(
                         text=sentence,
                         tokens=self._words(sentence)[: int(lengths[i])] or [UNK],
-                        mask=mask,
+                        mask=result.mask,
                         prob=prob,
-                        score=_score(prob, mask),
+                        confidence=result.confidence,
                         raw_extras={k: v[i] for k, v in out.extras.items() if _per_sample(v, len(chunk))},
                         letterbox=box,
                     )
@@ -262,8 +268,10 @@ def _check_texts(text: str | Sequence[str]) -> list[str]:
     return texts
 
 
-def _score(prob: np.ndarray, mask: np.ndarray) -> float:
-    return float(prob[mask].mean()) if mask.any() else float(prob.max()) if prob.size else 0.0
+def _model_confidence(out: ModelOutput, i: int, n: int) -> float | None:
+    """The model's own confidence of expression ``i`` (``extras["confidence"]`` [N]), if it gives one."""
+    value = out.extras.get("confidence")
+    return float(value[i]) if value is not None and _per_sample(value, n) else None
 
 
 def _per_sample(value: Tensor, n: int) -> bool:

@@ -27,3 +27,7 @@ class ConfigError(RefsegError):
 
 class OutputError(RefsegError):
     """An output path cannot be written."""
+
+
+class MissingExtraError(RefsegError):
+    """An optional feature was asked for without its extra installed (see :mod:`refseg.extras`)."""

@@ -97,7 +97,8 @@ def write_gallery(segmenter: "Segmenter", out: str | Path, crf: bool = False) ->
             stem = f"{sample.name}-{k}"
             save_png(out / f"{stem}.overlay.png", viz.overlay(rgb, pred.mask, labels=[pred.text]))
             save_png(out / f"{stem}.heatmap.png", viz.heatmap(rgb, pred.prob))
-            caption = f"“{pred.text}” — area {100 * pred.area:.1f}%, score {pred.score:.2f}"
+            found = "nothing found" if pred.empty else f"area {100 * pred.area:.1f}%"
+            caption = f"“{pred.text}” — {found}, confidence {pred.confidence:.2f}"
             figures += [_figure(f"{stem}.overlay.png", caption), _figure(f"{stem}.heatmap.png", "probability")]
             extras = pred.extras
             if "word_maps" in extras:

@@ -86,13 +86,27 @@ def _draw_legend(image: Image.Image, labels: list[str]) -> None:
     font = _font(size)
     draw = ImageDraw.Draw(image, "RGBA")
     pad, swatch, line = 4, size, size + 4
-    width = max(draw.textlength(label, font=font) for label in labels) + swatch + 3 * pad
-    height = line * len(labels) + pad
-    draw.rectangle((0, 0, width, height), fill=(0, 0, 0, 150))
-    for i, label in enumerate(labels):
-        top = pad + i * line
+    room = max(size, image.width - swatch - 3 * pad)  # long expressions wrap instead of running off the photo
+    wrapped = [_wrap(label, lambda text: draw.textlength(text, font=font), room) for label in labels]
+    width = max(draw.textlength(row, font=font) for rows in wrapped for row in rows) + swatch + 3 * pad
+    draw.rectangle((0, 0, width, line * sum(map(len, wrapped)) + pad), fill=(0, 0, 0, 150))
+    top = pad
+    for i, rows in enumerate(wrapped):
         draw.rectangle((pad, top, pad + swatch, top + swatch), fill=PALETTE[i % len(PALETTE)])
-        draw.text((2 * pad + swatch, top), label, fill=(255, 255, 255), font=font)
+        for row in rows:
+            draw.text((2 * pad + swatch, top), row, fill=(255, 255, 255), font=font)
+            top += line
+
+
+def _wrap(text: str, measure, width: float) -> list[str]:
+    """Greedy word wrap of ``text`` into rows of at most ``width`` (a single longer word keeps its row)."""
+    rows: list[str] = []
+    for word in text.split() or [""]:
+        if rows and measure(f"{rows[-1]} {word}") <= width:
+            rows[-1] = f"{rows[-1]} {word}"
+        else:
+            rows.append(word)
+    return rows
 
 
 def heatmap(rgb: np.ndarray, prob: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -27,6 +27,9 @@ def onnx(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
 ) -> None:
     """Export image tensor + token ids + lengths -> logits, verified against PyTorch."""
+    from refseg.extras import require
+
+    require("onnx", "'refseg export onnx'")  # before the model loads
     from refseg.api import Segmenter
     from refseg.engine.checkpoint import resolve_model_path
     from refseg.export.onnx import default_onnx_path, export_checkpoint

@@ -45,8 +45,13 @@ def segment(
     from refseg.api import Segmenter
     from refseg.data.images import load_image
     from refseg.errors import OutputError
+    from refseg.extras import require
     from refseg.io import save_mask_png, save_png
 
+    if runtime is Runtime.onnx:
+        require("onnx", "--runtime onnx")  # before the (slow) model load
+    if crf:
+        require("crf", "--crf")
     output = output if output is not None else Path(f"{image.stem}.mask.png")
     targets = [p for p in (output, overlay, heatmap) if p is not None]
     for path in targets:  # fail before the (slow) model load, not after it
@@ -63,7 +68,10 @@ def segment(
     if heatmap is not None:
         save_png(heatmap, viz.heatmap(rgb, pred.prob))
     h, w = pred.mask.shape
-    typer.echo(f"{output}: {w}x{h} mask, area {100 * pred.area:.1f}%, score {pred.score:.3f}")
+    if pred.empty:
+        typer.echo(f"{output}: nothing found for {text!r}: empty {w}x{h} mask, confidence {pred.confidence:.2f}")
+    else:
+        typer.echo(f"{output}: {w}x{h} mask, area {100 * pred.area:.1f}%, confidence {pred.confidence:.2f}")
 
 
 def demo(

@@ -27,7 +27,10 @@ def serve(
     max_texts: int = typer.Option(_DEFAULTS.max_texts, "--max-texts", min=1, help="Most expressions in one request."),
     queue: int = typer.Option(_DEFAULTS.queue_size, "--queue", min=1, help="Requests admitted at once (running + waiting); more get HTTP 503."),
 ) -> None:
-    """Serve POST /segment, the web page at / and GET /health."""
+    """Serve POST /segment, the web page at / and GET /health (extra 'serve')."""
+    from refseg.extras import require
+
+    require("serve", "'refseg serve'")
     import uvicorn
 
     from refseg.api import Segmenter

@@ -350,12 +350,15 @@ class Trainer:
         if self.runtime.is_main and self.console is not None:
             self.console.print(message)
 
-    def _prepare_out_dir(self) -> None:
+    def _check_out_dir(self) -> None:
         if self.resume_state is None and (self.out_dir / LAST_STATE).exists():
             raise ConfigError(
                 f"run folder {self.out_dir} already has a run: pass --resume {self.out_dir} "
                 "or choose another train.out_dir=..."
             )
+
+    def _prepare_out_dir(self) -> None:
+        """Create the run folder and write config.yaml, once the data and the model have loaded."""
         if self.runtime.is_main:
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +374,7 @@ class Trainer:
         for key in ("iou_loss_weight", "distractor_weight"):
             if getattr(cfg.train, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
-        self._prepare_out_dir()
+        self._check_out_dir()
         seed_everything(cfg.train.seed)
         self.train_samples = load_samples(cfg, "train")
         if not self.train_samples:
@@ -381,6 +384,7 @@ class Trainer:
             model = self._saved_model()
         else:
             model = build_model(cfg, [s.sentence for s in self.train_samples])
+        self._prepare_out_dir()
         model = model.to(rt.device)
         model.train()
         cache = None
@@ -533,6 +537,7 @@ class Trainer:
         todo = sum(1 for view, _ in dataset.views() if view not in cache)
         if not todo:
             return
+        self.log(f"caching the backbone features of {todo} {what} image views (once; the epochs then reuse them)")
         with self._progress(f"caching {what} features", todo, 0) as advance:
             done = [0]
 
@@ -553,10 +558,13 @@ class Trainer:
             if not (self.runtime.is_main and self.config.train.progress):
                 yield lambda **_: None
                 return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+            )
 
+            # elapsed as well as remaining: written to a file, only the finished bar is shown
             columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
             with Progress(*columns, console=self.console, transient=False) as progress:
                 task = progress.add_task(label, total=total, completed=completed, info="")
 

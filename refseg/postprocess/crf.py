@@ -12,11 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refseg.errors import RefsegError
-
-
-class CRFUnavailableError(RefsegError):
-    """``pydensecrf2`` (the ``crf`` extra) is not installed."""
+from refseg.extras import require
 
 
 @dataclass(frozen=True)
@@ -33,13 +29,10 @@ class CRFParams:
 
 
 def densecrf_module():
-    """The ``pydensecrf.densecrf`` module, or :class:`CRFUnavailableError` when it is not installed."""
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError:
-        raise CRFUnavailableError(
-            "DenseCRF needs the optional extra 'crf': pip install 'refseg[crf]' (pydensecrf2)"
-        ) from None
+    """The ``pydensecrf.densecrf`` module (:class:`MissingExtraError` when the ``crf`` extra is missing)."""
+    require("crf", "DenseCRF refinement")
+    import pydensecrf.densecrf as dcrf
+
     return dcrf
 
 

@@ -19,10 +19,19 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass
 class MaskPrediction:
-    """Foreground probability float32 [H, W] and the thresholded boolean mask [H, W]."""
+    """Foreground probability float32 [H, W], the thresholded boolean mask [H, W] and its confidence.
+
+    ``confidence`` in [0, 1] ranks masks by how likely they are right (docs/api.md gives how well it
+    does on the human dev set); ``empty`` is the "nothing found" answer.
+    """
 
     prob: np.ndarray
     mask: np.ndarray
+    confidence: float
+
+    @property
+    def empty(self) -> bool:
+        return not self.mask.any()
 
 
 def logits_to_probability(logits: torch.Tensor | np.ndarray, box: Letterbox) -> np.ndarray:
@@ -40,12 +49,37 @@ def probability_to_mask(prob: np.ndarray, threshold: float = DEFAULT_THRESHOLD) 
     return np.asarray(prob) >= threshold
 
 
+def mask_confidence(prob: np.ndarray, mask: np.ndarray) -> float:
+    """Mean probability inside the mask; the highest probability when the mask is empty.
+
+    An empty mask's confidence is below the threshold, so "nothing found" ranks under every
+    non-empty mask. How well it ranks right masks above wrong ones: docs/api.md#nothing-found-and-confidence.
+    """
+    if mask.any():
+        return float(prob[mask].mean())
+    return float(prob.max()) if prob.size else 0.0
+
+
+def finish(prob: np.ndarray, threshold: float = DEFAULT_THRESHOLD, confidence: float | None = None) -> MaskPrediction:
+    """Probability at the original size → mask and confidence.
+
+    ``confidence`` is the model's own when it supplies one (``ModelOutput.extras["confidence"]``),
+    else :func:`mask_confidence`.
+    """
+    mask = probability_to_mask(prob, threshold)
+    if confidence is None:
+        confidence = mask_confidence(prob, mask)
+    return MaskPrediction(prob=prob, mask=mask, confidence=float(confidence))
+
+
 def postprocess(
-    logits: torch.Tensor | np.ndarray, box: Letterbox, threshold: float = DEFAULT_THRESHOLD
+    logits: torch.Tensor | np.ndarray,
+    box: Letterbox,
+    threshold: float = DEFAULT_THRESHOLD,
+    confidence: float | None = None,
 ) -> MaskPrediction:
     """One prediction's canvas logits → :class:`MaskPrediction` at the original size."""
-    prob = logits_to_probability(logits, box)
-    return MaskPrediction(prob=prob, mask=probability_to_mask(prob, threshold))
+    return finish(logits_to_probability(logits, box), threshold, confidence)
 
 
 def postprocess_batch(

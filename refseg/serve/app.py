@@ -59,7 +59,8 @@ _ERROR_KINDS = {
 class PredictionLike(Protocol):
     mask: np.ndarray
     prob: np.ndarray
-    score: float
+    confidence: float
+    empty: bool
     text: str
     tokens: list[str]
 
@@ -110,6 +111,8 @@ def create_app(
         title="refseg",
         summary="Referring image segmentation: type a phrase, get the mask.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN; the page must work offline
+        redoc_url=None,
     )
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
 
@@ -137,7 +140,7 @@ def create_app(
         """Multipart ``image`` (file) + ``text`` (repeatable) [+ ``threshold``, ``heatmap``].
 
         Returns the 0/255 PNG mask at the photo's size (several texts: their union), or, with
-        ``Accept: application/json``, one result per expression (RLE mask, score, area, and the
+        ``Accept: application/json``, one result per expression (RLE mask, confidence, empty, area, and the
         probability map as a base64 PNG when ``heatmap=true``).
         """
         nonlocal admitted
@@ -276,7 +279,7 @@ def _respond(
     return Response(
         png_bytes(union.astype(np.uint8) * 255),
         media_type="image/png",
-        headers={"X-Refseg-Scores": ",".join(f"{p.score:.4f}" for p in predictions)},
+        headers={"X-Refseg-Confidence": ",".join(f"{p.confidence:.4f}" for p in predictions)},
     )
 
 
@@ -294,7 +297,8 @@ def _json_result(
         item = {
             "text": p.text,
             "tokens": list(p.tokens),
-            "score": round(float(p.score), 6),
+            "confidence": round(float(p.confidence), 6),
+            "empty": bool(p.empty),
             "area": area,
             "area_fraction": round(area / float(height * width), 6),
             "rle": encode_rle(p.mask),

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -75,13 +76,28 @@ def test_list_of_texts_encodes_the_image_once(segmenter: Segmenter) -> None:
     assert all(p.mask.shape == (50, 70) for p in preds)
 
 
-def test_score_is_mean_probability_inside_mask_and_tokens_are_words(segmenter: Segmenter) -> None:
+def test_confidence_is_mean_probability_inside_mask_and_tokens_are_words(segmenter: Segmenter) -> None:
     rgb, _ = red_square_photo(40, 40, (5, 5, 25, 25))
     pred = segmenter.predict(rgb, "The red square")
-    assert pred.tokens == ["the", "red", "square"]
-    assert pred.score == pytest.approx(float(pred.prob[pred.mask].mean()))
+    assert pred.tokens == ["the", "red", "square"] and not pred.empty
+    assert pred.confidence == pytest.approx(float(pred.prob[pred.mask].mean()))
     empty = segmenter.predict(np.zeros((40, 40, 3), np.uint8) + np.uint8([0, 0, 200]), "red")
-    assert not empty.mask.any() and empty.score == pytest.approx(float(empty.prob.max()))
+    assert empty.empty and not empty.mask.any()
+    assert empty.confidence == pytest.approx(float(empty.prob.max()))
+    assert empty.confidence < segmenter.threshold <= pred.confidence
+
+
+def test_a_model_may_supply_its_own_confidence(segmenter: Segmenter, monkeypatch) -> None:
+    rgb, _ = red_square_photo(40, 40, (5, 5, 25, 25))
+    forward = segmenter.model.forward
+
+    def with_confidence(batch):
+        out = forward(batch)
+        out.extras["confidence"] = torch.full((out.logits.shape[0],), 0.125)
+        return out
+
+    monkeypatch.setattr(segmenter.model, "forward", with_confidence)
+    assert [p.confidence for p in segmenter.predict(rgb, ["red", "the red box"])] == [0.125, 0.125]
 
 
 def test_threshold_moves_the_mask(segmenter: Segmenter) -> None:

@@ -118,6 +118,18 @@ def test_several_expressions_get_a_legend_and_the_mask_downloads(page, tmp_path:
     assert (mask & truth).sum() / (mask | truth).sum() > 0.9
 
 
+def test_an_empty_mask_says_nothing_found(page, tmp_path: Path) -> None:
+    path = tmp_path / "blue.png"
+    Image.fromarray(np.full((H, W, 3), (0, 0, 200), np.uint8)).save(path)
+    page.get_by_label("Upload a photo").set_input_files(str(path))
+    page.wait_for_selector('#figure[data-state="photo"]')
+    page.get_by_label("Describe the region to segment").fill("the red rectangle")
+    page.get_by_role("button", name="Segment").click()
+    page.wait_for_function("document.querySelectorAll('#legend li').length == 1", timeout=20_000)
+    assert "nothing found" in page.locator("#legend").inner_text()
+    assert "Nothing found for “the red rectangle”" in page.locator("#status").inner_text()
+
+
 def test_server_errors_are_shown_on_the_page(page, tmp_path: Path) -> None:
     _upload_photo(page, tmp_path)
     page.get_by_label("Describe the region to segment").fill("a much too long expression " * 3)

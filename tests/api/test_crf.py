@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from refseg.errors import MissingExtraError
 from refseg.postprocess import crf
 
 
@@ -69,5 +70,5 @@ def test_shape_mismatch_is_rejected(scene) -> None:
 
 def test_missing_package_gives_a_clear_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    with pytest.raises(crf.CRFUnavailableError, match="refseg\\[crf\\]"):
+    with pytest.raises(MissingExtraError, match="refseg\\[crf\\]"):
         crf.refine(np.zeros((4, 4), np.float32), np.zeros((4, 4, 3), np.uint8))

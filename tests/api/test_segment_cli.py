@@ -45,7 +45,7 @@ def test_segment_writes_mask_overlay_and_heatmap(photo, model, tmp_path: Path, c
     assert ((mask == 255) & target).sum() / ((mask == 255) | target).sum() > 0.9
     for path in (overlay, heat):
         assert Image.open(path).size == (121, 75)
-    assert stdout.count("\n") == 1 and "area" in stdout and "score" in stdout
+    assert stdout.count("\n") == 1 and "area" in stdout and "confidence" in stdout
 
 
 def test_segment_default_output_is_stem_mask_png_in_current_folder(photo, model, tmp_path, monkeypatch, capsys):
@@ -133,3 +133,12 @@ def test_segment_with_crf_writes_the_mask(photo, model, tmp_path: Path, capsys) 
     assert code == 0
     mask = np.asarray(Image.open(tmp_path / "m.png")) == 255
     assert (mask & target).sum() / (mask | target).sum() > 0.9
+
+
+def test_segment_says_nothing_found_for_an_empty_mask(model, tmp_path: Path, capsys) -> None:
+    blue = tmp_path / "blue.png"
+    Image.fromarray(np.full((40, 60, 3), (0, 0, 200), np.uint8)).save(blue)
+    code, stdout, _ = run(["segment", str(blue), "the red box", "-o", str(tmp_path / "m.png"), "--model", model], capsys)
+    assert code == 0 and stdout.count("\n") == 1
+    assert "nothing found for 'the red box'" in stdout
+    assert not np.asarray(Image.open(tmp_path / "m.png")).any()

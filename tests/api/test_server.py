@@ -74,7 +74,7 @@ def test_png_mask_at_original_size(client: TestClient, photo) -> None:
     assert _iou(mask > 0, truth) > 0.9
 
 
-def test_json_has_rle_score_area_and_heatmap_per_expression(client: TestClient, photo) -> None:
+def test_json_has_rle_confidence_area_and_heatmap_per_expression(client: TestClient, photo) -> None:
     image, truth = photo
     r = _post(client, image, ["the red square", "the red thing"], json=True, heatmap="true")
     assert r.status_code == 200
@@ -86,11 +86,17 @@ def test_json_has_rle_score_area_and_heatmap_per_expression(client: TestClient, 
         assert mask.shape == (H, W) and _iou(mask, truth) > 0.9
         assert res["area"] == int(mask.sum())
         assert res["area_fraction"] == pytest.approx(mask.mean(), abs=1e-5)
-        assert 0.5 <= res["score"] <= 1.0
+        assert 0.5 <= res["confidence"] <= 1.0 and res["empty"] is False
         with Image.open(io.BytesIO(base64.b64decode(res["heatmap_png"]))) as heat:
             prob = np.asarray(heat) / 255.0
         assert prob.shape == (H, W)
         assert prob[mask].mean() > 0.5 > prob[~mask].mean()
+
+
+def test_json_says_when_nothing_is_found(client: TestClient) -> None:
+    blue = _png(np.full((H, W, 3), (0, 0, 200), np.uint8))
+    result = _post(client, blue, "the red square", json=True).json()["results"][0]
+    assert result["empty"] is True and result["area"] == 0 and result["confidence"] < 0.5
 
 
 def test_json_without_heatmap_omits_it(client: TestClient, photo) -> None:
@@ -108,9 +114,13 @@ def test_threshold_field_moves_the_mask(client: TestClient, photo) -> None:
 class _Pred:
     mask: np.ndarray
     prob: np.ndarray
-    score: float
+    confidence: float
     text: str
     tokens: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return not self.mask.any()
 
 
 class _HalvesSegmenter:
@@ -229,6 +239,14 @@ def test_health_page_and_samples(client: TestClient) -> None:
     assert Image.open(io.BytesIO(photo.content)).size[0] > 100
     missing = client.get("/samples/no-such-photo")
     assert missing.status_code == 404 and "no sample photo" in missing.json()["detail"]
+
+
+def test_nothing_the_server_sends_loads_from_the_network(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 404  # Swagger UI would load its scripts from a CDN
+    assert client.get("/openapi.json").json()["paths"]["/segment"]
+    for asset in ("/", "/static/app.js", "/static/style.css"):
+        text = client.get(asset).text
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, asset
 
 
 def test_full_queue_answers_503_and_inference_leaves_the_event_loop_free(photo) -> None:

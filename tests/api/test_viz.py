@@ -42,6 +42,16 @@ def test_overlay_legend_draws_in_the_corner_only(photo: np.ndarray) -> None:
     np.testing.assert_array_equal(out[40:, 60:], photo[40:, 60:])
 
 
+def test_long_legend_labels_wrap_inside_the_photo() -> None:
+    photo = np.zeros((200, 160, 3), np.uint8)
+    label = "the man in the black jacket standing on the left next to the parked motorbike"
+    out = viz.overlay(photo, np.zeros((200, 160), bool), labels=[label])
+    drawn_rows = np.flatnonzero(out.any(axis=(1, 2)))
+    assert drawn_rows.max() > 3 * 10  # several lines of text, not one cut at the right edge
+    rows = viz._wrap(label, len, 20)
+    assert " ".join(rows) == label and all(len(r) <= 20 for r in rows)
+
+
 def test_overlay_rejects_masks_of_another_size(photo: np.ndarray) -> None:
     with pytest.raises(ValueError):
         viz.overlay(photo, np.zeros((10, 10), bool))

@@ -1,6 +1,8 @@
 """Training loop: outputs of a run, exact resume, augmentation that keeps text and mask consistent."""
 from __future__ import annotations
 
+import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +148,26 @@ def test_distractor_weight_adds_the_distractor_term(tmp_path, manifest):
 def test_unknown_model_key_is_a_config_error(tmp_path, manifest):
     with pytest.raises(ConfigError, match="did you mean 'dim'"):
         train(make_config(tmp_path, manifest, "run", "model.dimm=4", epochs=1))
+
+
+def test_progress_written_to_a_file_announces_caching_and_shows_elapsed_time(tmp_path, manifest):
+    from rich.console import Console
+
+    out = io.StringIO()
+    config = make_config(tmp_path, manifest, "run", "data.cache_features=true", epochs=1, progress=True)
+    train(config, console=Console(file=out, width=160))
+    text = out.getvalue()
+    assert "caching the backbone features of" in text.splitlines()[0]  # said before the wait, not after
+    # a file gets the finished bar only: elapsed and remaining time, not just a 0:00:00 remaining
+    assert re.search(r"epoch 1/1 .*\d+/\d+ .* \d:\d\d:\d\d \d:\d\d:\d\d", text)
+
+
+@pytest.mark.parametrize("bad", ["model.dimm=4", "data.train.0.path=missing.jsonl"])
+def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path, manifest, bad):
+    config = make_config(tmp_path, manifest, "run", bad, epochs=1)
+    with pytest.raises(ConfigError):
+        train(config)
+    assert not Path(config.train.out_dir).exists()
 
 
 def test_mirror_text_swaps_left_and_right_words():

@@ -19,7 +19,7 @@ const state = {
   photoName: "photo",
   width: 0,
   height: 0,
-  results: [],      // {text, color, score, areaFraction, mask: Uint8Array (row-major), heat: Uint8ClampedArray}
+  results: [],      // {text, color, confidence, empty, areaFraction, mask: Uint8Array (row-major), heat: Uint8ClampedArray}
   selected: -1,
   busy: false,
 };
@@ -235,7 +235,8 @@ function renderLegend() {
     label.addEventListener("click", () => { state.selected = index; renderLegend(); render(); });
     const info = document.createElement("span");
     info.className = "legend-info";
-    info.textContent = `${result.color.name} · ${(100 * result.areaFraction).toFixed(1)}% of the photo · score ${result.score.toFixed(2)}`;
+    const found = result.empty ? "nothing found" : `${(100 * result.areaFraction).toFixed(1)}% of the photo`;
+    info.textContent = `${result.color.name} · ${found} · confidence ${result.confidence.toFixed(2)}`;
     const download = document.createElement("button");
     download.type = "button";
     download.textContent = "Download mask";
@@ -346,14 +347,17 @@ $("segment-form").addEventListener("submit", async (event) => {
       state.results.push({
         text: item.text,
         color: PALETTE[state.results.length % PALETTE.length],
-        score: item.score,
+        confidence: item.confidence,
+        empty: item.empty,
         areaFraction: item.area_fraction,
         mask: decodeRle(item.rle),
         heat: await decodePng(item.heatmap_png),
       });
     }
     state.selected = state.results.length - 1;
-    $("status").textContent = `Done in ${answer.elapsed_ms.toFixed(0)} ms.`;
+    const missing = answer.results.filter((item) => item.empty).map((item) => `“${item.text}”`);
+    const found = missing.length ? ` Nothing found for ${missing.join(", ")}.` : "";
+    $("status").textContent = `Done in ${answer.elapsed_ms.toFixed(0)} ms.${found}`;
     $("expression-input").select();
   } catch (err) {
     showError(err.message);
