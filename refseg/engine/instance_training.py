@@ -1,0 +1,216 @@
+"""Training of the instance-aware model (:mod:`refseg.models.instance_ref`) in three stages.
+
+The detector is frozen, so each training photo (and its mirror image, with mirrored expressions) goes
+through it once per stage that needs it:
+
+1. ``masks``: the class-agnostic mask head on jittered ground-truth boxes of every thing region;
+2. ``stuff``: the dense stuff head on the stuff / thing / unlabelled map of each photo;
+3. ``scorer``: the expression-weighted cue scorer, a softmax over each photo's candidates, the target
+   being the candidate whose mask best overlaps the expression's target (IoU ≥ 0.5; expressions
+   without such a candidate, sets and no-target ones are left out of this stage).
+
+``refseg train configs/instance_ref.yaml`` runs all three (``train.stages`` sets their step counts).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from refseg.data.dataset import CATEGORY_REGIONS, image_key, mirror_text
+from refseg.data.masks import decode_mask
+from refseg.data.sample import RefSample
+from refseg.data.transforms import Letterbox, to_tensor
+from refseg.models.candidate_cues import Candidates
+from refseg.models.instance_heads import MASK_SIZE, roi_align
+from refseg.models.instance_ref import MASK_STRIDES, NUM_THINGS, STUFF_STRIDES, THING_CLASS, InstanceRef
+
+STAGES = {"masks": 1500, "stuff": 800, "scorer": 1500}
+_MIN_TARGET_IOU = 0.5
+
+
+@dataclass
+class PhotoView:
+    """One training photo (or its mirror image) on the canvas, with what each stage needs."""
+
+    key: str
+    canvas: Tensor  # [1, 3, S, S] normalised
+    taps: list[Tensor] = field(default_factory=list)  # float16, strides of MASK_STRIDES ∪ STUFF_STRIDES
+    boxes: Tensor | None = None  # [N, 4] thing boxes on the canvas
+    instance_masks: Tensor | None = None  # [N, S/2, S/2] float16
+    stuff_labels: Tensor | None = None  # [S/8, S/8] long: stuff index, THING_CLASS, -1 unlabelled
+    expressions: list[tuple[str, Tensor]] = field(default_factory=list)  # (text, target [S/2, S/2] bool)
+
+
+def fit(model: InstanceRef, samples: list[RefSample], size: int, stages: dict[str, int], lr: float = 1e-3,
+        seed: int = 0, log: Any = print) -> dict[str, float]:
+    """Train ``model``'s heads and scorer on ``samples`` (grouped by photo); returns the last losses."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    steps = {**STAGES, **stages}
+    views = _photo_views(model, samples, size, log)
+    losses = {
+        "masks": _train_masks(model, views, steps["masks"], lr, rng, log),
+        "stuff": _train_stuff(model, views, steps["stuff"], lr, rng, log),
+    }
+    losses["scorer"] = _train_scorer(model, views, size, steps["scorer"], lr, rng, log)
+    return losses
+
+
+# ------------------------------------------------------------------------------------------ photo views
+@torch.inference_mode()
+def _photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: Any) -> list[PhotoView]:
+    by_photo: dict[str, list[RefSample]] = defaultdict(list)
+    for sample in samples:
+        by_photo[image_key(sample)].append(sample)
+    views, start = [], time.monotonic()
+    for n, (key, group) in enumerate(by_photo.items(), 1):
+        rgb = group[0].load_image()
+        for flip in (False, True):
+            views.append(_view(model, key, rgb[:, ::-1] if flip else rgb, group, size, flip))
+        if n % 100 == 0:
+            log(f"photos {n}/{len(by_photo)} ({time.monotonic() - start:.0f} s)")
+    return views
+
+
+def _view(model: InstanceRef, key: str, rgb: np.ndarray, group: list[RefSample], size: int, flip: bool) -> PhotoView:
+    box = Letterbox(rgb.shape[0], rgb.shape[1], size)
+    canvas = to_tensor(box.image(np.ascontiguousarray(rgb))).unsqueeze(0)
+    taps = model.taps(canvas)
+    strides = sorted(set(MASK_STRIDES) | set(STUFF_STRIDES))
+    keep = [taps[[4, 8, 16, 32].index(s)].half() for s in strides]
+    shape = rgb.shape[:2]
+
+    def on_canvas(mask: np.ndarray) -> Tensor:  # photo mask → [1, 1, S, S] float on the canvas
+        mask = mask[:, ::-1] if flip else mask
+        return torch.from_numpy(box.mask(np.ascontiguousarray(mask))).float()[None, None]
+
+    things, labels = [], torch.full((size // 8, size // 8), -1, dtype=torch.long)
+    for label, rle in group[0].meta.get(CATEGORY_REGIONS, []):
+        mask = on_canvas(decode_mask(rle, shape))
+        cells = F.avg_pool2d(mask, 8)[0, 0] >= 0.5
+        labels[cells] = THING_CLASS if label < NUM_THINGS else label - NUM_THINGS
+        if label < NUM_THINGS and mask.any():
+            things.append(mask)
+    boxes, instance_masks = _boxes(things), (
+        torch.cat([F.avg_pool2d(m, 2) for m in things])[:, 0].half() if things else torch.zeros(0, size // 2, size // 2))
+    expressions = []
+    for sample in group:
+        if sample.mask is None or len(sample.meta.get("region_ids", [])) != 1:
+            continue
+        target = F.avg_pool2d(on_canvas(sample.load_mask(shape)), 2)[0, 0] >= 0.5
+        expressions.append((mirror_text(sample.sentence) if flip else sample.sentence, target))
+    return PhotoView(key, canvas, keep, boxes, instance_masks, labels, expressions)
+
+
+def _boxes(masks: list[Tensor]) -> Tensor:
+    out = []
+    for mask in masks:
+        ys, xs = torch.nonzero(mask[0, 0], as_tuple=True)
+        out.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float())
+    return torch.stack(out) if out else torch.zeros(0, 4)
+
+
+def _tap(view: PhotoView, stride: int) -> Tensor:
+    strides = sorted(set(MASK_STRIDES) | set(STUFF_STRIDES))
+    return view.taps[strides.index(stride)].float()
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _train_masks(model: InstanceRef, views: list[PhotoView], steps: int, lr: float, rng, log) -> float:
+    """Stage 1: mask head on ground-truth boxes jittered by up to 10 % of their size."""
+    with_things = [v for v in views if v.boxes is not None and len(v.boxes)]
+    optimizer = torch.optim.Adam(model.mask_head.parameters(), lr=lr)
+    loss_value = float("nan")
+    for step in range(steps):
+        taps, boxes, targets = [[] for _ in MASK_STRIDES], [], []
+        for view in (with_things[i] for i in rng.choice(len(with_things), size=8)):
+            pick = rng.choice(len(view.boxes), size=min(8, len(view.boxes)), replace=False)
+            b = view.boxes[pick]
+            wh = (b[:, 2:] - b[:, :2]).repeat(1, 2)
+            jittered = b + wh * torch.from_numpy(rng.uniform(-0.1, 0.1, size=b.shape)).float()
+            for t, s in zip(taps, MASK_STRIDES):
+                t.append(_tap(view, s))
+            boxes.append(jittered)
+            targets.append(roi_align(view.instance_masks[pick].float()[:, None], jittered,
+                                     torch.arange(len(pick)), MASK_SIZE, 2.0)[:, 0] >= 0.5)
+        index = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
+        logits = model.mask_head([torch.cat(t) for t in taps], torch.cat(boxes), index)[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, torch.cat(targets).float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss)
+        if step % 250 == 0 or step == steps - 1:
+            log(f"masks step {step}: loss {loss_value:.3f}")
+    return loss_value
+
+
+def _train_stuff(model: InstanceRef, views: list[PhotoView], steps: int, lr: float, rng, log) -> float:
+    """Stage 2: stuff head, cross-entropy over stuff classes + "thing" (unlabelled pixels ignored)."""
+    optimizer = torch.optim.Adam(model.stuff_head.parameters(), lr=lr)
+    loss_value = float("nan")
+    for step in range(steps):
+        batch = [views[i] for i in rng.choice(len(views), size=8)]
+        taps = [torch.cat([_tap(v, s) for v in batch]) for s in STUFF_STRIDES]
+        labels = torch.stack([v.stuff_labels for v in batch])
+        loss = F.cross_entropy(model.stuff_head(taps), labels, ignore_index=-1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss)
+        if step % 200 == 0 or step == steps - 1:
+            log(f"stuff step {step}: loss {loss_value:.3f}")
+    return loss_value
+
+
+def _train_scorer(model: InstanceRef, views: list[PhotoView], size: int, steps: int, lr: float, rng, log) -> float:
+    """Stage 3: scorer over each photo's candidates (trained heads, frozen detector)."""
+    packs, examples = _scorer_examples(model, views, size, log)
+    if not examples:
+        return float("nan")
+    parameters = [model.cue_base, *model.word_cues.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    loss_value = float("nan")
+    for step in range(steps):
+        chosen = [examples[i] for i in rng.choice(len(examples), size=min(64, len(examples)))]
+        candidates = Candidates.from_list([torch.cat([packs[p][j] for p, _, _ in chosen]) for j in range(len(packs[0]))])
+        tokens, lengths = model.tokenize([text for _, text, _ in chosen])
+        parsed = model.parser(tokens, lengths)
+        loss = model.scorer_loss(candidates, parsed, torch.tensor([t for *_, t in chosen]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss)
+        if step % 250 == 0 or step == steps - 1:
+            log(f"scorer step {step}: loss {loss_value:.3f}")
+    return loss_value
+
+
+@torch.inference_mode()
+def _scorer_examples(model: InstanceRef, views: list[PhotoView], size: int, log: Any):
+    """Candidates of every view (masks dropped once matched) and (view, text, target index) examples."""
+    packs, examples, unmatched = [], [], 0
+    for view in views:
+        candidates = model.candidates(view.canvas, model.taps(view.canvas))
+        masks = candidates.masks[0] >= 0.5  # [K, S/2, S/2]
+        for text, target in view.expressions:
+            inter = (masks & target).sum((-1, -2)).float()
+            union = (masks | target).sum((-1, -2)).float().clamp(min=1)
+            iou = (inter / union) * candidates.valid[0]
+            best = int(iou.argmax())
+            if iou[best] >= _MIN_TARGET_IOU:
+                examples.append((len(packs), text, best))
+            else:
+                unmatched += 1
+        candidates.masks = candidates.masks[:, :, :1, :1]
+        packs.append(candidates.to_list())
+    log(f"scorer: {len(examples)} expressions matched to a candidate, {unmatched} without one")
+    return packs, examples
