@@ -42,7 +42,7 @@ class PhotoView:
 
     key: str
     canvas: Tensor  # [1, 3, S, S] normalised
-    taps: list[Tensor] = field(default_factory=list)  # float16, strides of MASK_STRIDES ∪ STUFF_STRIDES
+    taps: list[Tensor] = field(default_factory=list)  # float16 taps at strides 8, 16, 32
     boxes: Tensor | None = None  # [N, 4] thing boxes on the canvas
     instance_masks: Tensor | None = None  # [N, S/2, S/2] float16
     stuff_labels: Tensor | None = None  # [S/8, S/8] long: stuff index, THING_CLASS, -1 unlabelled
@@ -55,18 +55,19 @@ def fit(model: InstanceRef, samples: list[RefSample], size: int, stages: dict[st
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     steps = {**STAGES, **stages}
-    views = _photo_views(model, samples, size, log)
+    views = photo_views(model, samples, size, log)
     losses = {
         "masks": _train_masks(model, views, steps["masks"], lr, rng, log),
         "stuff": _train_stuff(model, views, steps["stuff"], lr, rng, log),
     }
-    losses["scorer"] = _train_scorer(model, views, size, steps["scorer"], lr, rng, log)
+    packs, examples = scorer_examples(model, views, log)
+    losses["scorer"] = train_scorer(model, packs, examples, steps["scorer"], lr, rng, log)
     return losses
 
 
 # ------------------------------------------------------------------------------------------ photo views
 @torch.inference_mode()
-def _photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: Any) -> list[PhotoView]:
+def photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: Any) -> list[PhotoView]:
     by_photo: dict[str, list[RefSample]] = defaultdict(list)
     for sample in samples:
         by_photo[image_key(sample)].append(sample)
@@ -83,9 +84,7 @@ def _photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: A
 def _view(model: InstanceRef, key: str, rgb: np.ndarray, group: list[RefSample], size: int, flip: bool) -> PhotoView:
     box = Letterbox(rgb.shape[0], rgb.shape[1], size)
     canvas = to_tensor(box.image(np.ascontiguousarray(rgb))).unsqueeze(0)
-    taps = model.taps(canvas)
-    strides = sorted(set(MASK_STRIDES) | set(STUFF_STRIDES))
-    keep = [taps[[4, 8, 16, 32].index(s)].half() for s in strides]
+    keep = [t.half() for t in model.taps(canvas)[1:]]
     shape = rgb.shape[:2]
 
     def on_canvas(mask: np.ndarray) -> Tensor:  # photo mask → [1, 1, S, S] float on the canvas
@@ -119,8 +118,7 @@ def _boxes(masks: list[Tensor]) -> Tensor:
 
 
 def _tap(view: PhotoView, stride: int) -> Tensor:
-    strides = sorted(set(MASK_STRIDES) | set(STUFF_STRIDES))
-    return view.taps[strides.index(stride)].float()
+    return view.taps[(8, 16, 32).index(stride)].float()
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -171,9 +169,9 @@ def _train_stuff(model: InstanceRef, views: list[PhotoView], steps: int, lr: flo
     return loss_value
 
 
-def _train_scorer(model: InstanceRef, views: list[PhotoView], size: int, steps: int, lr: float, rng, log) -> float:
-    """Stage 3: scorer over each photo's candidates (trained heads, frozen detector)."""
-    packs, examples = _scorer_examples(model, views, size, log)
+def train_scorer(model: InstanceRef, packs: list[list[Tensor]], examples: list[tuple[int, str, int]], steps: int,
+                 lr: float, rng: np.random.Generator, log: Any) -> float:
+    """Stage 3: the scorer, a softmax over each photo's candidates (``packs``, see :func:`scorer_examples`)."""
     if not examples:
         return float("nan")
     parameters = [model.cue_base, *model.word_cues.parameters()]
@@ -195,11 +193,11 @@ def _train_scorer(model: InstanceRef, views: list[PhotoView], size: int, steps: 
 
 
 @torch.inference_mode()
-def _scorer_examples(model: InstanceRef, views: list[PhotoView], size: int, log: Any):
+def scorer_examples(model: InstanceRef, views: list[PhotoView], log: Any):
     """Candidates of every view (masks dropped once matched) and (view, text, target index) examples."""
     packs, examples, unmatched = [], [], 0
     for view in views:
-        candidates = model.candidates(view.canvas, model.taps(view.canvas))
+        candidates = model.candidates(view.canvas, [None, *(t.float() for t in view.taps)])
         masks = candidates.masks[0] >= 0.5  # [K, S/2, S/2]
         for text, target in view.expressions:
             inter = (masks & target).sum((-1, -2)).float()
@@ -214,3 +212,52 @@ def _scorer_examples(model: InstanceRef, views: list[PhotoView], size: int, log:
         packs.append(candidates.to_list())
     log(f"scorer: {len(examples)} expressions matched to a candidate, {unmatched} without one")
     return packs, examples
+
+
+@torch.inference_mode()
+def mask_quality(model: InstanceRef, samples: list[RefSample], size: int) -> dict[str, tuple[int, float, float]]:
+    """Mean IoU of the mask head's masks with the thing regions of the photos of ``samples`` (canvas grid
+    S/2), given each region's true box and given the detection that overlaps it best (box IoU ≥ 0.5;
+    regions without one count 0); with the filled box as the mask for comparison."""
+    from refseg.models.instance_ref import paste_masks
+
+    given_truth, given_detection = [], []
+    for view in photo_views(model, samples, size, log=lambda _: None)[::2]:  # mirror views left out
+        if view.boxes is None or not len(view.boxes):
+            continue
+        taps = [None, *(t.float() for t in view.taps)]
+        detections = model.candidates(view.canvas, taps)
+        truth = view.instance_masks.float() >= 0.5
+        for boxes, scores in ((view.boxes, given_truth), (_matched(view.boxes, detections), given_detection)):
+            found = boxes[:, 2] > boxes[:, 0]
+            probs = model.instance_masks([taps[1], taps[2]], boxes.clamp(min=0), size, size // 2)
+            filled = paste_masks(torch.ones(len(boxes), 1, 1), boxes, size, size // 2) >= 0.5
+            for k in range(len(boxes)):
+                scores.append((_iou(probs[k] >= 0.5, truth[k]) * found[k], _iou(filled[k], truth[k]) * found[k]))
+    out = {}
+    for name, scores in (("true box", given_truth), ("best detection", given_detection)):
+        values = torch.tensor(scores, dtype=torch.float32).view(-1, 2)
+        out[name] = (len(values), float(values[:, 0].mean()), float(values[:, 1].mean()))
+    return out
+
+
+def _matched(truth: Tensor, candidates: Candidates) -> Tensor:
+    """For each true box, the non-stuff candidate box overlapping it best (IoU ≥ 0.5), else a zero box."""
+    boxes = candidates.boxes[0][(candidates.valid[0] > 0) & (candidates.stuff[0] == 0)]
+    if not len(boxes):
+        return torch.zeros_like(truth)
+    lo = torch.maximum(truth[:, None, :2], boxes[None, :, :2])
+    hi = torch.minimum(truth[:, None, 2:], boxes[None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(-1)
+    iou = inter / (_area(truth)[:, None] + _area(boxes)[None] - inter).clamp(min=1e-6)
+    best = iou.max(-1)
+    return torch.where((best.values >= 0.5)[:, None], boxes[best.indices], torch.zeros_like(truth))
+
+
+def _area(boxes: Tensor) -> Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def _iou(a: Tensor, b: Tensor) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0

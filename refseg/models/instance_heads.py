@@ -37,16 +37,18 @@ def roi_align(features: Tensor, boxes: Tensor, batch_index: Tensor, output_size:
 class MaskHead(nn.Module):
     """Box → instance mask logits [K, 1, 28, 28], class-agnostic (Mask R-CNN §3 mask branch, small).
 
-    RoIAlign at 14 × 14 from each tap in ``taps`` (index into the backbone's taps, with their
-    ``strides``), concatenated, four 3 × 3 convolutions, a 2× transposed convolution, a 1 × 1 logit.
+    Each tap (with its ``strides``) is projected to ``width`` channels by a 1 × 1 convolution, RoIAligned
+    at 14 × 14, and the concatenation goes through three 3 × 3 convolutions, a 2× transposed
+    convolution and a 1 × 1 logit.
     """
 
-    def __init__(self, in_channels: Sequence[int], strides: Sequence[int], width: int = 96) -> None:
+    def __init__(self, in_channels: Sequence[int], strides: Sequence[int], width: int = 64) -> None:
         super().__init__()
         self.strides = tuple(strides)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
         layers: list[nn.Module] = []
-        channels = sum(in_channels)
-        for _ in range(4):
+        channels = width * len(in_channels)
+        for _ in range(3):
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
             channels = width
         self.convs = nn.Sequential(*layers)
@@ -54,7 +56,8 @@ class MaskHead(nn.Module):
         self.logits = nn.Conv2d(width, 1, 1)
 
     def forward(self, taps: Sequence[Tensor], boxes: Tensor, batch_index: Tensor) -> Tensor:
-        pooled = [roi_align(t, boxes, batch_index, MASK_SIZE // 2, s) for t, s in zip(taps, self.strides)]
+        pooled = [roi_align(lat(t), boxes, batch_index, MASK_SIZE // 2, s)
+                  for lat, t, s in zip(self.lateral, taps, self.strides)]
         x = self.convs(torch.cat(pooled, 1))
         return self.logits(F.relu(self.upsample(x)))
 
@@ -64,7 +67,7 @@ class StuffHead(nn.Module):
     each tap projected to ``width`` channels, upsampled and summed (an FPN-style merge), two 3 × 3
     convolutions, a 1 × 1 classifier."""
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, width: int = 96) -> None:
+    def __init__(self, in_channels: Sequence[int], num_classes: int, width: int = 64) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in in_channels)
         self.refine = nn.Sequential(

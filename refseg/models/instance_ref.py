@@ -24,6 +24,7 @@ from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from refseg.data.vocabulary import COLOUR_NAMES, colour_shares
 from refseg.models import text as T
 from refseg.models.base import Batch, ModelOutput, RefSegModel, register
+from refseg.models.boxes import nms
 from refseg.models.candidate_cues import CUE_GROUPS, CUE_NAMES, Candidates, cue_features
 from refseg.models.categories import SEGMENTATION_CATEGORIES
 from refseg.models.expression import ExpressionParser, ParsedExpression
@@ -34,6 +35,8 @@ from refseg.models.layers import probability_to_logit
 NUM_THINGS = 80
 STUFF_LABELS = tuple(range(NUM_THINGS, len(SEGMENTATION_CATEGORIES)))
 THING_CLASS = len(STUFF_LABELS)
+#: Detections of different classes overlapping more than this are one object (the better one is kept).
+DUPLICATE_IOU = 0.7
 #: Taps (strides) the mask head and the stuff head read.
 MASK_STRIDES = (8, 16)
 STUFF_STRIDES = (8, 16, 32)
@@ -50,20 +53,19 @@ class InstanceRef(RefSegModel):
         max_stuff: int = 6,
         min_score: float = 0.15,
         min_stuff_area: float = 0.01,
-        mask_width: int = 96,
-        stuff_width: int = 96,
+        mask_width: int = 64,
+        stuff_width: int = 64,
         cue_hidden: int = 64,
         cues: tuple[str, ...] | list[str] = tuple(CUE_GROUPS),
         none_below: float = 0.05,
         set_margin: float = 2.0,
         max_len: int = T.DEFAULT_MAX_LEN,
-        pretrained: bool = True,
     ) -> None:
         cues = list(cues)
         super().__init__(
             max_things=max_things, max_stuff=max_stuff, min_score=min_score, min_stuff_area=min_stuff_area,
             mask_width=mask_width, stuff_width=stuff_width, cue_hidden=cue_hidden, cues=cues,
-            none_below=none_below, set_margin=set_margin, max_len=max_len, pretrained=pretrained,
+            none_below=none_below, set_margin=set_margin, max_len=max_len,
         )
         from refseg.errors import ConfigError
         from refseg.models.detector import load_detector
@@ -71,8 +73,9 @@ class InstanceRef(RefSegModel):
         unknown = sorted(set(cues) - set(CUE_GROUPS))
         if unknown:
             raise ConfigError(f"unknown cue group {unknown[0]!r}; choose from {', '.join(CUE_GROUPS)}")
-        self.detector = load_detector(pretrained=pretrained).eval().requires_grad_(False)
-        channels = dict(zip(_TAP_STRIDES, self.detector.tap_channels))
+        self.detector = load_detector().eval().requires_grad_(False)
+        with torch.no_grad():
+            channels = {s: t.shape[1] for s, t in zip(_TAP_STRIDES, self.detector.features(torch.zeros(1, 3, 64, 64)))}
         self.mask_head = MaskHead([channels[s] for s in MASK_STRIDES], MASK_STRIDES, width=mask_width)
         self.stuff_head = StuffHead([channels[s] for s in STUFF_STRIDES], len(STUFF_LABELS) + 1, width=stuff_width)
         self.parser = ExpressionParser()
@@ -97,7 +100,8 @@ class InstanceRef(RefSegModel):
         return ["detector."]
 
     def taps(self, images: Tensor) -> list[Tensor]:
-        """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases."""
+        """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases;
+        the stride-4 one is not used by the heads (``candidates`` accepts None in its place)."""
         mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return self.detector.features((images * std + mean) * 2.0 - 1.0)
@@ -111,18 +115,22 @@ class InstanceRef(RefSegModel):
         size = images.shape[-1]
         rgb = _canvas_rgb(images)
         extent = _extent(rgb)
-        things = self.detector.detect_canvas(taps, size, score_threshold=self.config["min_score"],
-                                             max_detections=self.config["max_things"])
+        pixels = rgb.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        things = [self.detector.detect(pixels[b], size, self.config["min_score"],
+                                       feats=[None if t is None else t[b : b + 1] for t in taps])
+                  for b in range(len(pixels))]
         stuff_probs = self.stuff_head([taps[_TAP_STRIDES.index(s)] for s in STUFF_STRIDES]).softmax(1)
         grid = size // 2
         per_image = []
         for b, det in enumerate(things):
-            boxes = torch.as_tensor(det.boxes, dtype=images.dtype)
+            # one candidate per object: a box that another class's better box covers is the same object
+            keep = nms(det.boxes, det.scores, DUPLICATE_IOU, self.config["max_things"])
+            boxes = torch.as_tensor(det.boxes[keep], dtype=images.dtype)
             thing_masks = self.instance_masks([taps[_TAP_STRIDES.index(s)][b : b + 1] for s in MASK_STRIDES], boxes, size, grid)
-            labels = _thing_labels(torch.as_tensor(det.class_scores, dtype=images.dtype))
+            labels = _thing_labels(torch.as_tensor(det.class_scores[keep], dtype=images.dtype))
             stuff = _stuff_regions(stuff_probs[b], extent[b], size, grid, self.config["min_stuff_area"],
                                    self.config["max_stuff"])
-            per_image.append((boxes, labels, torch.as_tensor(det.scores, dtype=images.dtype), thing_masks, stuff))
+            per_image.append((boxes, labels, torch.as_tensor(det.scores[keep], dtype=images.dtype), thing_masks, stuff))
         k = self.config["max_things"] + self.config["max_stuff"]
         return _pack(per_image, rgb, extent, k, grid)
 
@@ -168,7 +176,8 @@ class InstanceRef(RefSegModel):
         return ModelOutput(
             logits=probability_to_logit(prob),
             extras={"candidate_scores": scores, "candidate_chosen": chosen, "candidate_boxes": candidates.boxes,
-                    "candidate_labels": candidates.labels.argmax(-1), "candidate_valid": candidates.valid},
+                    "candidate_labels": candidates.labels.argmax(-1), "candidate_valid": candidates.valid,
+                    "candidate_masks": candidates.masks},
         )
 
     def scorer_loss(self, candidates: Candidates, parsed: ParsedExpression, target: Tensor) -> Tensor:
