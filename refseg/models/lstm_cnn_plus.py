@@ -119,6 +119,8 @@ class LstmCnnPlus(ImageTextModel):
             freeze_embedding=freeze_embedding,
             **shared,
         )
+        if category_source == "imagenet" and not self.backbone.num_classes:
+            raise ConfigError(f"backbone {self.backbone.name} has no ImageNet classifier: use category_source=segmentation")
         visual_dim, stride = self.backbone.channels[-1], self.backbone.strides[-1]
         self.head = LstmCnnHead(visual_dim, self.text.dim, classifier, stride, context, text_coords)
         self.feature_dropout = nn.Dropout(feature_dropout)

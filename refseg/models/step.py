@@ -103,7 +103,7 @@ class STEP(ImageTextModel):
             raise ConfigError(f"grid_stride must be one of the level strides {sorted(set(strides))}, got {grid_stride}")
         self.grid_level = strides.index(grid_stride)
         self.steps = LEVELS * folds
-        channels = self.backbone.channels + [self.backbone.net._conv_head.out_channels]
+        channels = self.backbone.channels + [self.backbone.head_channels]
         self.levels = nn.ModuleList(conv_block(c + 8, visual_dim, kernel_size=3, dilation=3) for c in channels)
         self.pixel_key = nn.Conv2d(visual_dim, attention_dim, kernel_size=1)  # v_i → ṽ_i
         self.word_key = nn.Linear(self.text.dim, attention_dim)  # h_j → h̃_j
