@@ -127,6 +127,9 @@ class InstanceRef(RefSegModel):
             keep = nms(det.boxes, det.scores, DUPLICATE_IOU, self.config["max_things"])
             boxes = torch.as_tensor(det.boxes[keep], dtype=images.dtype)
             thing_masks = self.instance_masks([taps[_TAP_STRIDES.index(s)][b : b + 1] for s in MASK_STRIDES], boxes, size, grid)
+            # the detector also sees the letterbox padding: keep boxes and masks on the photo
+            thing_masks = thing_masks * _inside(extent[b], size, grid)
+            boxes = torch.minimum(boxes.clamp(min=0), extent[b].repeat(2))
             labels = _thing_labels(torch.as_tensor(det.class_scores[keep], dtype=images.dtype))
             stuff = _stuff_regions(stuff_probs[b], extent[b], size, grid, self.config["min_stuff_area"],
                                    self.config["max_stuff"])
@@ -156,11 +159,12 @@ class InstanceRef(RefSegModel):
         candidate has the named category."""
         match = (candidates.labels * parsed.subject[:, None, :]).sum(-1) * candidates.valid
         best = scores.max(-1, keepdim=True).values
-        rank = (scores[:, None, :] > scores[:, :, None]).sum(-1)  # 0 = best
-        count = parsed.count[:, None]
         same_category = match >= 0.5 * match.max(-1, keepdim=True).values
+        # rank among the candidates of the named category (0 = its best)
+        rank = ((scores[:, None, :] > scores[:, :, None]) & same_category[:, None, :]).sum(-1)
+        count = parsed.count[:, None]
         several = same_category & (scores >= best - self.config["set_margin"])
-        chosen = torch.where(count == 0, several, (rank < count.clamp(min=1)) & (same_category | (rank == 0)))
+        chosen = torch.where(count == 0, several, torch.where(count == 1, scores >= best, same_category & (rank < count)))
         none = parsed.named & (match.max(-1).values < self.config["none_below"])
         return (chosen & ~none[:, None] & (candidates.valid > 0)).float()
 
@@ -209,6 +213,12 @@ def _extent(rgb: Tensor) -> Tensor:
     width = (lit.any(1).to(rgb.dtype) * positions).amax(-1)
     height = (lit.any(2).to(rgb.dtype) * positions).amax(-1)
     return torch.stack([width, height], -1).clamp(min=1)
+
+
+def _inside(extent: Tensor, size: int, grid: int) -> Tensor:
+    """[grid, grid] 1 on the photo's part of the canvas, 0 on the padding."""
+    centres = (torch.arange(grid, dtype=extent.dtype) + 0.5) * (size / grid)
+    return ((centres[None, :] < extent[0]) & (centres[:, None] < extent[1])).to(extent.dtype)
 
 
 def _thing_labels(class_scores: Tensor) -> Tensor:
