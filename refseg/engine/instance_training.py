@@ -68,44 +68,47 @@ def fit(model: InstanceRef, samples: list[RefSample], size: int, stages: dict[st
 # ------------------------------------------------------------------------------------------ photo views
 @torch.inference_mode()
 def photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: Any) -> list[PhotoView]:
+    """Every photo of ``samples`` as it is and mirrored, with its regions and single-target expressions."""
     by_photo: dict[str, list[RefSample]] = defaultdict(list)
     for sample in samples:
         by_photo[image_key(sample)].append(sample)
     views, start = [], time.monotonic()
     for n, (key, group) in enumerate(by_photo.items(), 1):
         rgb = group[0].load_image()
+        shape = rgb.shape[:2]
+        regions = [(label, decode_mask(rle, shape)) for label, rle in group[0].meta.get(CATEGORY_REGIONS, [])]
+        targets = [(s.sentence, s.load_mask(shape)) for s in group
+                   if s.mask is not None and len(s.meta.get("region_ids", [])) == 1]
         for flip in (False, True):
-            views.append(_view(model, key, rgb[:, ::-1] if flip else rgb, group, size, flip))
+            views.append(_view(model, key, rgb, regions, targets, size, flip))
         if n % 100 == 0:
             log(f"photos {n}/{len(by_photo)} ({time.monotonic() - start:.0f} s)")
     return views
 
 
-def _view(model: InstanceRef, key: str, rgb: np.ndarray, group: list[RefSample], size: int, flip: bool) -> PhotoView:
+def _view(model: InstanceRef, key: str, rgb: np.ndarray, regions: list[tuple[int, np.ndarray]],
+          targets: list[tuple[str, np.ndarray]], size: int, flip: bool) -> PhotoView:
     box = Letterbox(rgb.shape[0], rgb.shape[1], size)
-    canvas = to_tensor(box.image(np.ascontiguousarray(rgb))).unsqueeze(0)
+
+    def on_canvas(array: np.ndarray) -> np.ndarray:  # photo-sized array → letterboxed (mirrored when flip)
+        return np.ascontiguousarray(array[:, ::-1] if flip else array)
+
+    canvas = to_tensor(box.image(on_canvas(rgb))).unsqueeze(0)
     keep = [t.half() for t in model.taps(canvas)[1:]]
-    shape = rgb.shape[:2]
-
-    def on_canvas(mask: np.ndarray) -> Tensor:  # photo mask → [1, 1, S, S] float on the canvas
-        mask = mask[:, ::-1] if flip else mask
-        return torch.from_numpy(box.mask(np.ascontiguousarray(mask))).float()[None, None]
-
     things, labels = [], torch.full((size // 8, size // 8), -1, dtype=torch.long)
-    for label, rle in group[0].meta.get(CATEGORY_REGIONS, []):
-        mask = on_canvas(decode_mask(rle, shape))
+    for label, mask in regions:
+        mask = torch.from_numpy(box.mask(on_canvas(mask))).float()[None, None]
         cells = F.avg_pool2d(mask, 8)[0, 0] >= 0.5
         labels[cells] = THING_CLASS if label < NUM_THINGS else label - NUM_THINGS
         if label < NUM_THINGS and mask.any():
             things.append(mask)
     boxes, instance_masks = _boxes(things), (
         torch.cat([F.avg_pool2d(m, 2) for m in things])[:, 0].half() if things else torch.zeros(0, size // 2, size // 2))
-    expressions = []
-    for sample in group:
-        if sample.mask is None or len(sample.meta.get("region_ids", [])) != 1:
-            continue
-        target = F.avg_pool2d(on_canvas(sample.load_mask(shape)), 2)[0, 0] >= 0.5
-        expressions.append((mirror_text(sample.sentence) if flip else sample.sentence, target))
+    expressions = [
+        (mirror_text(text) if flip else text,
+         F.avg_pool2d(torch.from_numpy(box.mask(on_canvas(mask))).float()[None, None], 2)[0, 0] >= 0.5)
+        for text, mask in targets
+    ]
     return PhotoView(key, canvas, keep, boxes, instance_masks, labels, expressions)
 
 

@@ -47,6 +47,8 @@ _TAP_STRIDES = (4, 8, 16, 32)
 class InstanceRef(RefSegModel):
     """Detector candidates + instance masks + stuff regions, scored by expression-weighted cues."""
 
+    onnx_unsupported = "its image side runs non-tensor code (the detector's NMS, colour naming)"
+
     def __init__(
         self,
         max_things: int = 20,
