@@ -42,7 +42,7 @@ class PhotoView:
 
     key: str
     canvas: Tensor  # [1, 3, S, S] normalised
-    taps: list[Tensor] = field(default_factory=list)  # float16 taps at strides 8, 16, 32
+    taps: list[Tensor] = field(default_factory=list)  # float16 taps at strides 4, 8, 16, 32
     boxes: Tensor | None = None  # [N, 4] thing boxes on the canvas
     instance_masks: Tensor | None = None  # [N, S/2, S/2] float16
     stuff_labels: Tensor | None = None  # [S/8, S/8] long: stuff index, THING_CLASS, -1 unlabelled
@@ -94,7 +94,7 @@ def _view(model: InstanceRef, key: str, rgb: np.ndarray, regions: list[tuple[int
         return np.ascontiguousarray(array[:, ::-1] if flip else array)
 
     canvas = to_tensor(box.image(on_canvas(rgb))).unsqueeze(0)
-    keep = [t.half() for t in model.taps(canvas)[1:]]
+    keep = [t.half() for t in model.taps(canvas)]
     things, labels = [], torch.full((size // 8, size // 8), -1, dtype=torch.long)
     for label, mask in regions:
         mask = torch.from_numpy(box.mask(on_canvas(mask))).float()[None, None]
@@ -121,7 +121,7 @@ def _boxes(masks: list[Tensor]) -> Tensor:
 
 
 def _tap(view: PhotoView, stride: int) -> Tensor:
-    return view.taps[(8, 16, 32).index(stride)].float()
+    return view.taps[(4, 8, 16, 32).index(stride)].float()
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -148,7 +148,7 @@ def _train_masks(model: InstanceRef, views: list[PhotoView], steps: int, lr: flo
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = loss.item()
         if step % 250 == 0 or step == steps - 1:
             log(f"masks step {step}: loss {loss_value:.3f}")
     return loss_value
@@ -166,7 +166,7 @@ def _train_stuff(model: InstanceRef, views: list[PhotoView], steps: int, lr: flo
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = loss.item()
         if step % 200 == 0 or step == steps - 1:
             log(f"stuff step {step}: loss {loss_value:.3f}")
     return loss_value
@@ -189,7 +189,7 @@ def train_scorer(model: InstanceRef, packs: list[list[Tensor]], examples: list[t
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = loss.item()
         if step % 250 == 0 or step == steps - 1:
             log(f"scorer step {step}: loss {loss_value:.3f}")
     return loss_value
@@ -200,7 +200,7 @@ def scorer_examples(model: InstanceRef, views: list[PhotoView], log: Any):
     """Candidates of every view (masks dropped once matched) and (view, text, target index) examples."""
     packs, examples, unmatched = [], [], 0
     for view in views:
-        candidates = model.candidates(view.canvas, [None, *(t.float() for t in view.taps)])
+        candidates = model.candidates(view.canvas, [t.float() for t in view.taps])
         masks = candidates.masks[0] >= 0.5  # [K, S/2, S/2]
         for text, target in view.expressions:
             inter = (masks & target).sum((-1, -2)).float()
@@ -211,7 +211,8 @@ def scorer_examples(model: InstanceRef, views: list[PhotoView], log: Any):
                 examples.append((len(packs), text, best))
             else:
                 unmatched += 1
-        candidates.masks = candidates.masks[:, :, :1, :1]
+        candidates.masks = candidates.masks[:, :, :1, :1]  # the scorer needs neither masks nor maps
+        candidates.stuff_map = candidates.stuff_map[:, :, :1, :1]
         packs.append(candidates.to_list())
     log(f"scorer: {len(examples)} expressions matched to a candidate, {unmatched} without one")
     return packs, examples
@@ -228,12 +229,12 @@ def mask_quality(model: InstanceRef, samples: list[RefSample], size: int) -> dic
     for view in photo_views(model, samples, size, log=lambda _: None)[::2]:  # mirror views left out
         if view.boxes is None or not len(view.boxes):
             continue
-        taps = [None, *(t.float() for t in view.taps)]
+        taps = [t.float() for t in view.taps]
         detections = model.candidates(view.canvas, taps)
         truth = view.instance_masks.float() >= 0.5
         for boxes, scores in ((view.boxes, given_truth), (_matched(view.boxes, detections), given_detection)):
             found = boxes[:, 2] > boxes[:, 0]
-            probs = model.instance_masks([taps[1], taps[2]], boxes.clamp(min=0), size, size // 2)
+            probs = model.instance_masks(taps[:3], boxes.clamp(min=0), size, size // 2)
             filled = paste_masks(torch.ones(len(boxes), 1, 1), boxes, size, size // 2) >= 0.5
             for k in range(len(boxes)):
                 scores.append((_iou(probs[k] >= 0.5, truth[k]) * found[k], _iou(filled[k], truth[k]) * found[k]))

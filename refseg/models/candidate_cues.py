@@ -4,7 +4,8 @@
 boxes, label distributions, confidences, soft masks on the canvas, colour shares and the image
 extent. :func:`cue_features` measures each candidate against one parsed expression
 (location absolute and relative to the other candidates of the named category, ordinal position,
-size, colour, relation to a candidate of the object category), in the spirit of MAttNet's subject,
+size, the share of the colours it names and how that stands out among the peers, relation to a
+candidate of the object category), in the spirit of MAttNet's subject,
 location and relationship modules (Yu et al., CVPR 2018, §3).
 """
 from __future__ import annotations
@@ -14,15 +15,13 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from refseg.data.vocabulary import COLOUR_NAMES
 from refseg.models.expression import ParsedExpression
 
 #: Names of the cue features, in :func:`cue_features` order (also the columns of the model card's ablation).
 CUE_NAMES: tuple[str, ...] = (
     "category", "x", "y", "width", "height", "size", "left_rank", "top_rank", "size_rank", "near_rank",
     "middle", "first_left", "second_left", "third_left", "first_right", "second_right", "third_right",
-    "peers", "confidence", "stuff",
-    *(f"colour_{c}" for c in COLOUR_NAMES),
+    "peers", "confidence", "stuff", "colour_match", "colour_contrast",
     "related", "rel_overlap", "rel_near", "rel_above", "rel_below", "rel_left", "rel_right",
 )
 #: Cue groups whose contribution the model card measures (features switched off together).
@@ -31,7 +30,7 @@ CUE_GROUPS: dict[str, tuple[str, ...]] = {
     "location": ("x", "y", "left_rank", "top_rank", "near_rank", "middle", "first_left", "second_left",
                  "third_left", "first_right", "second_right", "third_right"),
     "size": ("width", "height", "size", "size_rank"),
-    "colour": tuple(f"colour_{c}" for c in COLOUR_NAMES),
+    "colour": ("colour_match", "colour_contrast"),
     "relation": ("related", "rel_overlap", "rel_near", "rel_above", "rel_below", "rel_left", "rel_right"),
     "confidence": ("confidence", "peers", "stuff"),
 }
@@ -46,10 +45,11 @@ class Candidates:
     labels: Tensor  # [B, K, L] label distribution
     confidence: Tensor  # [B, K] detector score or stuff probability
     stuff: Tensor  # [B, K] 1 for stuff regions
-    colours: Tensor  # [B, K, len(COLOUR_NAMES)] share of each colour name on the candidate's pixels
+    colours: Tensor  # [B, K, 11] share of each basic colour name (vocabulary.COLOUR_NAMES) on its pixels
     valid: Tensor  # [B, K] 1 for real candidates
     extent: Tensor  # [B, 2] width, height of the photo on the canvas
     masks: Tensor  # [B, K, h, w] soft masks on the canvas grid
+    stuff_map: Tensor  # [B, n_stuff, h', w'] the stuff head's probability of each stuff class (0 off the photo)
 
     def to_list(self) -> list[Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -84,14 +84,15 @@ def cue_features(c: Candidates, e: ParsedExpression) -> Tensor:
     top_rank = peers_where(cy[:, None, :] < cy[:, :, None]) / others
     size_rank = peers_where(size[:, None, :] < size[:, :, None]) / others
     near_rank = peers_where(y2[:, None, :] < y2[:, :, None]) / others
+    colour = (c.colours * e.colours[:, None, :]).sum(-1)  # share of the named colours on the candidate
+    peer_colour = ((colour * peer).sum(-1, keepdim=True) - colour * peer) / others
     related = _relations(c, e, cx, cy, w, h)
     features = [
         torch.log(match + 1e-3), cx, cy, w, h, size, left_rank, top_rank, size_rank, near_rank,
         (left_rank - 0.5).abs(),
         _soft_count(n_left, 0), _soft_count(n_left, 1), _soft_count(n_left, 2),
         _soft_count(n_right, 0), _soft_count(n_right, 1), _soft_count(n_right, 2),
-        torch.log1p(others.expand_as(match)), c.confidence, c.stuff,
-        *c.colours.unbind(-1), *related,
+        torch.log1p(others.expand_as(match)), c.confidence, c.stuff, colour, colour - peer_colour, *related,
     ]
     return torch.stack(features, -1) * valid[..., None]
 

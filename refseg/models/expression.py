@@ -2,11 +2,13 @@
 
 The instance-aware model (:mod:`refseg.models.instance_ref`) needs, per expression: the category of
 the subject ("the **man** in blue"), the category of a related object ("the dog next to the
-**bench**"), and how many regions it asks for ("**both** zebras", "**people**", "**two** men"). Word
+**bench**"), the colours it names ("the **red** bus") and how many regions it asks for ("**both** zebras",
+"**people**", "**two** men"). Word
 tables built from :mod:`refseg.data.vocabulary` (head nouns, synonyms, stuff names, plurals) are
 matched against token ids, so the parse is tensor arithmetic that runs inside the graph. The first
 category word (or known two-word name: "traffic light", "wood floor") is the subject, the next one
-the object. An expression with no known category word falls back on GloVe similarity between its
+the object; of two category words in a row the second is the noun ("orange **cat**", "baby **giraffe**",
+"bus **driver**"). An expression with no known category word falls back on GloVe similarity between its
 words and the category names.
 """
 from __future__ import annotations
@@ -72,13 +74,14 @@ def word_tables() -> tuple[dict[str, tuple[frozenset[int], bool]], dict[tuple[st
 @dataclass
 class ParsedExpression:
     """Per expression: subject / object label distributions [B, L], whether a category word was
-    found [B], how many regions are asked for [B] (1, n, or 0 = all that match) and the words'
-    GloVe vectors [B, T, 50] with their mask [B, T]."""
+    found [B], how many regions are asked for [B] (1, n, or 0 = all that match), the colour names it
+    uses [B, n_colours] (each 1 / number named) and the words' GloVe vectors [B, T, 50] with their mask [B, T]."""
 
     subject: Tensor
     object: Tensor
     named: Tensor
     count: Tensor
+    colours: Tensor
     words: Tensor
     mask: Tensor
 
@@ -104,6 +107,12 @@ class ExpressionParser(nn.Module):
         counts = [(w, n) for w, n in COUNT_WORDS.items() if w in index]
         self.register_buffer("count_ids", torch.tensor([index[w] + 2 for w, _ in counts]), persistent=False)
         self.register_buffer("count_values", torch.tensor([n for _, n in counts]), persistent=False)
+        from refseg.data.vocabulary import COLOUR_NAMES, COLOUR_WORDS
+
+        colours = [(w, COLOUR_NAMES.index(c)) for w, c in sorted(COLOUR_WORDS.items()) if w in index]
+        self.register_buffer("colour_ids", torch.tensor([index[w] + 2 for w, _ in colours]), persistent=False)
+        self.register_buffer("colour_rows", F.one_hot(torch.tensor([c for _, c in colours]), len(COLOUR_NAMES)).float(),
+                             persistent=False)
         stopwords = sorted(w for w in T.STOPWORDS if w in index)
         self.register_buffer("stopword_ids", torch.tensor([index[w] + 2 for w in stopwords]), persistent=False)
         self.register_buffer("glove", T.glove_vectors(), persistent=False)
@@ -124,6 +133,9 @@ class ExpressionParser(nn.Module):
         labels = torch.cat([torch.where(in_pair[..., None], torch.zeros_like(labels[:, :-1]), labels[:, :-1]),
                             labels[:, -1:]], dim=1)
         is_category = labels.sum(-1) > 0
+        # a category word followed by another is a modifier ("orange cat", "bus driver"): the second is the noun
+        modifier = torch.cat([is_category[:, :-1] & is_category[:, 1:], torch.zeros_like(is_category[:, :1])], 1)
+        is_category = is_category & ~modifier
         order = torch.cumsum(is_category.long(), dim=1) * is_category  # 1 = subject, 2 = object
         subject = _pick(labels, order == 1)
         obj = _pick(labels, order == 2)
@@ -136,7 +148,10 @@ class ExpressionParser(nn.Module):
         count = (count_hits.long() * self.count_values).sum((1, 2))
         asked = count_hits.any((1, 2))
         count = torch.where(asked, count, torch.where(subject_plural, torch.zeros_like(count), torch.ones_like(count)))
-        return ParsedExpression(subject, obj, named, count, words, mask)
+        colour_hits = ((tokens[..., None] == self.colour_ids) & mask[..., None]).float() @ self.colour_rows
+        colours = colour_hits.sum(1).clamp(max=1.0)
+        colours = colours / colours.sum(-1, keepdim=True).clamp(min=1.0)
+        return ParsedExpression(subject, obj, named, count, colours, words, mask)
 
     def _zero_shot(self, words: Tensor, mask: Tensor) -> Tensor:
         similarity = torch.einsum("bte,le->btl", F.normalize(words, dim=-1), self.label_vectors)

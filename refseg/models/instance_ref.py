@@ -38,7 +38,7 @@ THING_CLASS = len(STUFF_LABELS)
 #: Detections of different classes overlapping more than this are one object (the better one is kept).
 DUPLICATE_IOU = 0.7
 #: Taps (strides) the mask head and the stuff head read.
-MASK_STRIDES = (8, 16)
+MASK_STRIDES = (4, 8, 16)
 STUFF_STRIDES = (8, 16, 32)
 _TAP_STRIDES = (4, 8, 16, 32)
 
@@ -102,8 +102,7 @@ class InstanceRef(RefSegModel):
         return ["detector."]
 
     def taps(self, images: Tensor) -> list[Tensor]:
-        """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases;
-        the stride-4 one is not used by the heads (``candidates`` accepts None in its place)."""
+        """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases."""
         mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return self.detector.features((images * std + mean) * 2.0 - 1.0)
@@ -119,7 +118,7 @@ class InstanceRef(RefSegModel):
         extent = _extent(rgb)
         pixels = rgb.permute(0, 2, 3, 1).to(torch.uint8).numpy()
         things = [self.detector.detect(pixels[b], size, self.config["min_score"],
-                                       feats=[None if t is None else t[b : b + 1] for t in taps])
+                                       feats=[t[b : b + 1] for t in taps])
                   for b in range(len(pixels))]
         stuff_probs = self.stuff_head([taps[_TAP_STRIDES.index(s)] for s in STUFF_STRIDES]).softmax(1)
         grid = size // 2
@@ -137,7 +136,8 @@ class InstanceRef(RefSegModel):
                                    self.config["max_stuff"])
             per_image.append((boxes, labels, torch.as_tensor(det.scores[keep], dtype=images.dtype), thing_masks, stuff))
         k = self.config["max_things"] + self.config["max_stuff"]
-        return _pack(per_image, rgb, extent, k, grid)
+        on_photo = torch.stack([_inside(e, size, stuff_probs.shape[-1]) for e in extent])[:, None]
+        return _pack(per_image, rgb, extent, k, grid, stuff_probs[:, : len(STUFF_LABELS)] * on_photo)
 
     def instance_masks(self, taps: list[Tensor], boxes: Tensor, size: int, grid: int) -> Tensor:
         """Mask-head probabilities of ``boxes`` (canvas pixels), pasted on a ``grid`` × ``grid`` canvas map."""
@@ -167,7 +167,7 @@ class InstanceRef(RefSegModel):
         count = parsed.count[:, None]
         several = same_category & (scores >= best - self.config["set_margin"])
         chosen = torch.where(count == 0, several, torch.where(count == 1, scores >= best, same_category & (rank < count)))
-        none = parsed.named & (match.max(-1).values < self.config["none_below"])
+        none = parsed.named & ~_names_stuff(parsed) & (match.max(-1).values < self.config["none_below"])
         return (chosen & ~none[:, None] & (candidates.valid > 0)).float()
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -179,6 +179,8 @@ class InstanceRef(RefSegModel):
         scores = self.score(candidates, parsed)
         chosen = self.select(candidates, parsed, scores)
         prob = (candidates.masks * chosen[:, :, None, None]).amax(1, keepdim=True)
+        stuff = _named_stuff(candidates.stuff_map, parsed, prob.shape[-1])
+        prob = torch.where(_names_stuff(parsed)[:, None, None, None], stuff, prob)
         return ModelOutput(
             logits=probability_to_logit(prob),
             extras={"candidate_scores": scores, "candidate_chosen": chosen, "candidate_boxes": candidates.boxes,
@@ -192,6 +194,19 @@ class InstanceRef(RefSegModel):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _names_stuff(parsed: ParsedExpression) -> Tensor:
+    """[B] bool: the subject is a stuff class ("sky", "the grass on the left")."""
+    return parsed.subject[:, NUM_THINGS:].sum(-1) >= 0.5
+
+
+def _named_stuff(stuff_map: Tensor, parsed: ParsedExpression, grid: int) -> Tensor:
+    """The stuff head's probability of the named stuff classes, relative to its peak on the photo
+    (a region is where it reaches half its peak), on the ``grid`` [B, 1, grid, grid]."""
+    named = torch.einsum("bchw,bc->bhw", stuff_map, parsed.subject[:, NUM_THINGS:])[:, None]
+    named = named / named.amax((-1, -2), keepdim=True).clamp(min=1e-6)
+    return F.interpolate(named, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
 def paste_masks(probs: Tensor, boxes: Tensor, size: int, grid: int) -> Tensor:
     """Box-relative masks [K, m, m] → [K, grid, grid] on the canvas (zero outside each box)."""
     centres = (torch.arange(grid, dtype=probs.dtype) + 0.5) * (size / grid)
@@ -273,13 +288,13 @@ def _colours(rgb: Tensor, masks: Tensor) -> Tensor:
     return out
 
 
-def _pack(per_image: list, rgb: Tensor, extent: Tensor, k: int, grid: int) -> Candidates:
+def _pack(per_image: list, rgb: Tensor, extent: Tensor, k: int, grid: int, stuff_map: Tensor) -> Candidates:
     """Per-photo (things, stuff) tensors → one padded :class:`Candidates` batch."""
     b, n_labels = len(per_image), len(SEGMENTATION_CATEGORIES)
     out = Candidates(
         boxes=torch.zeros(b, k, 4), labels=torch.zeros(b, k, n_labels), confidence=torch.zeros(b, k),
         stuff=torch.zeros(b, k), colours=torch.zeros(b, k, len(COLOUR_NAMES)), valid=torch.zeros(b, k),
-        extent=extent.float(), masks=torch.zeros(b, k, grid, grid),
+        extent=extent.float(), masks=torch.zeros(b, k, grid, grid), stuff_map=stuff_map,
     )
     for i, (boxes, labels, scores, masks, stuff) in enumerate(per_image):
         s_boxes, s_labels, s_conf, s_masks = stuff

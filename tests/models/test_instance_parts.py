@@ -112,7 +112,7 @@ def candidates(boxes: list[list[float]], labels: list[str], colours: list[int] |
     return Candidates(
         boxes=torch.tensor([boxes]), labels=label_rows, confidence=torch.ones(1, k), stuff=torch.zeros(1, k),
         colours=colour_rows, valid=torch.ones(1, k), extent=torch.tensor([[300.0, 200.0]]),
-        masks=torch.zeros(1, k, 4, 4),
+        masks=torch.zeros(1, k, 4, 4), stuff_map=torch.zeros(1, 55, 2, 2),
     )
 
 
@@ -139,3 +139,25 @@ def test_relation_cues_look_at_the_object_category(parser):
     assert right[1] > 0 and right[0] < right[1]
     alone = cue_features(c, parse(parser, ["man on the left"]))[0]
     assert alone[:, CUE_NAMES.index("related")].abs().sum() == 0
+
+
+def test_parser_reads_colours_and_the_noun_of_a_compound(parser):
+    from refseg.data.vocabulary import COLOUR_NAMES
+
+    parsed = parse(parser, ["orange cat on the left", "baby giraffe", "bus driver", "grey and white bus"])
+    assert [top_label(s) for s in parsed.subject] == ["cat", "giraffe", "person", "bus"]
+    colours = {COLOUR_NAMES[i]: float(v) for i, v in enumerate(parsed.colours[3]) if v > 0}
+    assert colours == {"gray": 0.5, "white": 0.5}
+    assert parsed.colours[0, COLOUR_NAMES.index("orange")] == 1.0
+    assert parsed.colours[1].sum() == 0
+
+
+def test_colour_cues_compare_a_candidate_with_its_peers(parser):
+    from refseg.data.vocabulary import COLOUR_NAMES
+
+    red, white = COLOUR_NAMES.index("red"), COLOUR_NAMES.index("white")
+    c = candidates([[0, 0, 50, 100], [60, 0, 110, 100], [120, 0, 170, 100]], ["bus"] * 3, [white, red, white])
+    features = cue_features(c, parse(parser, ["the red bus"]))[0]
+    match, contrast = features[:, CUE_NAMES.index("colour_match")], features[:, CUE_NAMES.index("colour_contrast")]
+    assert match.tolist() == pytest.approx([0.0, 1.0, 0.0])
+    assert contrast[1] == pytest.approx(1.0) and contrast[0] == pytest.approx(-0.5)

@@ -49,7 +49,7 @@ def handmade(labels: list[str], xs: list[float], scores_valid: list[float] | Non
         masks[0, i, i % 8, :] = 1.0
     return Candidates(boxes=boxes, labels=rows, confidence=torch.ones(1, k), stuff=torch.zeros(1, k),
                       colours=torch.zeros(1, k, 11), valid=torch.tensor([scores_valid or [1.0] * k]),
-                      extent=torch.tensor([[200.0, 100.0]]), masks=masks)
+                      extent=torch.tensor([[200.0, 100.0]]), masks=masks, stuff_map=torch.zeros(1, 55, 2, 2))
 
 
 def chosen(model, candidates: Candidates, text: str, scores: list[float]) -> list[int]:
