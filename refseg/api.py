@@ -27,7 +27,8 @@ from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError, TextError
 from refseg.models.base import Batch, ModelOutput, RefSegModel
 from refseg.models.text import UNK, split_words
-from refseg.postprocess.masks import finish, logits_to_probability
+from refseg.models.layers import probability_to_logit
+from refseg.postprocess.masks import finish, logits_to_probability, probability_to_mask
 
 #: Canvas side used when neither the caller nor the checkpoint names one.
 DEFAULT_IMAGE_SIZE = 320
@@ -93,6 +94,19 @@ class TorchRunner:
 
 
 @dataclass
+class Candidate:
+    """A region an instance-aware model chose from: box (x1, y1, x2, y2 in the photo's pixels),
+    label, score (its share of the expression's softmax over all candidates), whether it was
+    chosen, and its mask (bool [H, W])."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+    chosen: bool
+    mask: np.ndarray = field(repr=False)
+
+
+@dataclass
 class Prediction:
     """One expression's result at the photo's original resolution.
 
@@ -102,7 +116,8 @@ class Prediction:
     the model read. ``extras`` (computed on first access) holds, when the model has them,
     ``word_maps`` float32 [n_words, H, W] (probability after each word, RMI),
     ``word_attention`` float32 [steps, n_words] and ``step_maps`` float32 [steps, H, W]
-    (word weights and probability at each recurrent step, STEP).
+    (word weights and probability at each recurrent step, STEP). ``candidates`` (instance-aware
+    models) lists the regions the expression was scored against, best first.
     """
 
     text: str
@@ -134,6 +149,27 @@ class Prediction:
                 out[key] = np.stack([logits_to_probability(m, self.letterbox) for m in maps])
         if "word_attention" in self.raw_extras:
             out["word_attention"] = self.raw_extras["word_attention"][:, :n].float().cpu().numpy()
+        return out
+
+    @cached_property
+    def candidates(self) -> list[Candidate]:
+        """The candidate regions, best score first (empty for models without candidates)."""
+        extras = self.raw_extras
+        if "candidate_scores" not in extras or self.letterbox is None:
+            return []
+        from refseg.models.expression import label_names
+
+        valid = extras["candidate_valid"] > 0
+        scores = extras["candidate_scores"].float().masked_fill(~valid, float("-inf")).softmax(-1)
+        names = label_names()
+        out = []
+        for k in torch.argsort(scores, descending=True)[: int(valid.sum())].tolist():
+            box = (extras["candidate_boxes"][k] / self.letterbox.scale).tolist()
+            out.append(Candidate(
+                box=tuple(round(v, 1) for v in box), label=names[int(extras["candidate_labels"][k])],
+                score=float(scores[k]), chosen=bool(extras["candidate_chosen"][k] > 0),
+                mask=probability_to_mask(logits_to_probability(probability_to_logit(extras["candidate_masks"][k]), self.letterbox), 0.5),
+            ))
         return out
 
 

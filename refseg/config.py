@@ -133,6 +133,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at the end of each epoch only)
     progress: bool = True
     out_dir: str = ""  # default: runs/<config file stem>
+    stages: dict[str, int] = field(default_factory=dict)  # steps per stage of staged models (instance_ref)
 
 
 @dataclass

@@ -32,6 +32,9 @@ def segment(
     ),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Also write the mask tinted on the photo (PNG)."),
     heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Also write the probability heat map (PNG)."),
+    candidates: Optional[Path] = typer.Option(
+        None, "--candidates", help="Instance-aware models: draw the chosen candidates and the two runners-up (PNG)."
+    ),
     crf: bool = typer.Option(False, "--crf", help="Refine the mask with DenseCRF (extra 'crf')."),
     threshold: Optional[float] = typer.Option(
         None, "--threshold", min=0.0, max=1.0, help="Probability threshold (default: the model's; 0.5 unless stored)."
@@ -53,7 +56,7 @@ def segment(
     if crf:
         require("crf", "--crf")
     output = output if output is not None else Path(f"{image.stem}.mask.png")
-    targets = [p for p in (output, overlay, heatmap) if p is not None]
+    targets = [p for p in (output, overlay, heatmap, candidates) if p is not None]
     for path in targets:  # fail before the (slow) model load, not after it
         if path.is_dir():
             raise OutputError(f"output path is a directory: {path}")
@@ -62,11 +65,17 @@ def segment(
     rgb = load_image(image)
     segmenter = Segmenter.from_pretrained(model, runtime=runtime.value, image_size=image_size)
     pred = segmenter.predict(rgb, text, threshold=threshold, crf=crf)
+    if candidates is not None and not pred.candidates:
+        raise OutputError("--candidates needs an instance-aware model (this one has no candidates)")
     save_mask_png(output, pred.mask)
     if overlay is not None:
         save_png(overlay, viz.overlay(rgb, pred.mask, labels=[text]))
     if heatmap is not None:
         save_png(heatmap, viz.heatmap(rgb, pred.prob))
+    if candidates is not None:
+        shown = [c for c in pred.candidates if c.chosen] + [c for c in pred.candidates if not c.chosen][:2]
+        captions = [f"{'chosen' if c.chosen else 'runner-up'}: {c.label} {c.score:.2f}" for c in shown]
+        save_png(candidates, viz.boxes(rgb, [c.box for c in shown], captions))
     h, w = pred.mask.shape
     if pred.empty:
         typer.echo(f"{output}: nothing found for {text!r}: empty {w}x{h} mask, confidence {pred.confidence:.2f}")

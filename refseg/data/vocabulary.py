@@ -136,12 +136,15 @@ _HEAD_NOUNS = {
     "person": ["person", "man", "woman", "men", "women", "guy", "lady", "boy", "girl", "child", "kid",
                "people", "player", "skier", "surfer", "skateboarder", "snowboarder", "rider", "gentleman",
                "toddler", "baby", "teenager", "adult", "batter", "catcher", "pitcher", "chef", "cook",
-               "officer", "worker", "couple", "crowd", "tourist", "spectator", "athlete", "biker"],
+               "officer", "worker", "couple", "crowd", "tourist", "spectator", "athlete", "biker", "driver",
+               "passenger", "pedestrian", "bride", "groom", "mom", "mother", "dad", "father", "son", "daughter",
+               "infant", "teen", "student", "referee", "umpire", "cop", "policeman", "soldier", "customer",
+               "vendor", "fan", "dude", "gal", "grandma", "grandpa", "kiddo"],
     "dog": ["dog", "puppy", "pup", "doggy"],
     "cat": ["cat", "kitten", "kitty"],
     "horse": ["horse", "pony", "foal"],
     "cow": ["cow", "cattle", "bull", "calf", "ox", "oxen"],
-    "sheep": ["sheep", "lamb", "ram"],
+    "sheep": ["sheep", "lamb", "ram", "goat"],
     "bird": ["bird", "duck", "seagull", "gull", "pigeon", "parrot", "goose", "swan", "owl", "eagle"],
     "bear": ["bear", "grizzly"],
     "airplane": ["airplane", "plane", "jet", "aircraft", "airliner"],
@@ -259,6 +262,12 @@ def name_colour(rgb: tuple[int, int, int]) -> str | None:
     """Basic colour name of one RGB triple (None when it has none)."""
     return dominant_colour(colour_shares(np.array([rgb], dtype=np.uint8)))
 
+
+#: Words for the basic colour names (and the names themselves), for reading colours in human expressions.
+COLOUR_WORDS = {**{name: name for name in COLOUR_NAMES}, "grey": "gray", "silver": "gray", "golden": "yellow",
+                "gold": "yellow", "blond": "yellow", "blonde": "yellow", "tan": "brown", "beige": "brown",
+                "dark": "black", "navy": "blue", "teal": "blue", "maroon": "red", "violet": "purple",
+                "crimson": "red", "olive": "green", "lime": "green", "cream": "white", "ivory": "white"}
 
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth"}

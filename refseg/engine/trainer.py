@@ -380,6 +380,8 @@ class Trainer:
         if not self.train_samples:
             raise ConfigError("data.train is empty: give at least one training dataset")
         self.val_samples = load_samples(cfg, "val") if cfg.data.val else []
+        if cfg.model.name in STAGED_TRAINING:
+            return self._run_staged(build_model(cfg, [s.sentence for s in self.train_samples]))
         if self.resume_state is not None:
             model = self._saved_model()
         else:
@@ -514,6 +516,28 @@ class Trainer:
             dist.barrier()
         return self.out_dir
 
+    def _run_staged(self, model: RefSegModel) -> Path:
+        """Models trained stage by stage by their own routine (``STAGED_TRAINING``), then validated and saved."""
+        cfg = self.config
+        if self.resume_state is not None:
+            raise ConfigError(f"{cfg.model.name} trains in stages and cannot resume; start the run again")
+        fit = importlib.import_module(STAGED_TRAINING[cfg.model.name]).fit
+        losses = fit(model, self.train_samples, cfg.data.image_size, cfg.train.stages, lr=cfg.train.lr,
+                     seed=cfg.train.seed, log=self.log)
+        model.eval()
+        metrics = self.validate(model, FeatureCache(torch.float32)) if self.val_samples else None
+        if metrics is not None:
+            self.log(f"val mean IoU {100 * metrics['mean_iou']:.2f}, overall IoU {100 * metrics['overall_iou']:.2f}")
+        if self.runtime.is_main:
+            from refseg.engine.checkpoint import save_model
+
+            meta = {"step": sum(cfg.train.stages.values()), "image_size": cfg.data.image_size, "losses": losses,
+                    "metrics": {k: v for k, v in (metrics or {}).items() if k != "by_length"},
+                    "train_config": to_dict(cfg)}
+            save_model(self.out_dir / LAST_MODEL, model, meta)
+            save_model(self.out_dir / BEST_MODEL, model, meta)
+        return self.out_dir
+
     # ----------------------------------------------------------------------- helpers
 
     def validate(self, model: RefSegModel, cache: FeatureCache | None) -> dict[str, Any]:
@@ -621,6 +645,10 @@ class Trainer:
         if "model" in state:
             model.load_state_dict(state["model"], strict=False)
         return int(state["epoch"]), int(state["skip_batches"]), int(state["step"]), float(state["best"])
+
+
+#: Models trained stage by stage: model name → module with ``fit(model, samples, size, stages, lr, seed, log)``.
+STAGED_TRAINING = {"instance_ref": "refseg.engine.instance_training"}
 
 
 def train(config: Config, resume: str | Path | None = None, console: Any = None) -> Path:

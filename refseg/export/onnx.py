@@ -109,6 +109,8 @@ def export_onnx(
     require("onnx", "ONNX export")
     import onnx
 
+    if model.onnx_unsupported:
+        raise ConfigError(f"model {model.name!r} cannot be exported to ONNX: {model.onnx_unsupported}")
     output = Path(output)
     model = model.eval()
     max_tokens = token_cap(model)

@@ -1,6 +1,7 @@
 """Models. Importing this package registers every model file with :mod:`refseg.models.base`."""
 from refseg.models.base import Batch, ModelOutput, RefSegModel, create_model, list_models, register
 from refseg.models import baselines  # noqa: F401  (each import registers models)
+from refseg.models import instance_ref  # noqa: F401
 from refseg.models import lstm_cnn  # noqa: F401
 from refseg.models import lstm_cnn_plus  # noqa: F401
 from refseg.models import rmi  # noqa: F401

@@ -63,6 +63,8 @@ class RefSegModel(nn.Module):
     """
 
     name: str = ""
+    #: Why the model cannot be exported as one ONNX graph (None: it can).
+    onnx_unsupported: str | None = None
 
     def __init__(self, **config: Any) -> None:
         super().__init__()

@@ -151,3 +151,9 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int = 1, dilati
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation),
         nn.ReLU(inplace=True),
     )
+
+
+def probability_to_logit(p: Tensor, eps: float = 1e-6) -> Tensor:
+    """log(p / (1 − p)), with p clamped to [eps, 1 − eps] so that 0 and 1 stay finite."""
+    p = p.clamp(eps, 1 - eps)
+    return torch.log(p) - torch.log1p(-p)

@@ -14,7 +14,7 @@ from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
 from refseg.models.categories import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
 from refseg.models.image_text import ImageTextModel
-from refseg.models.layers import conv_block
+from refseg.models.layers import conv_block, probability_to_logit
 from refseg.models.losses import category_cross_entropy, weighted_bce
 from refseg.models.lstm_cnn import LstmCnnHead, check_stage
 from refseg.models.text_encoders import TextFeatures
@@ -22,7 +22,6 @@ from refseg.models.text_encoders import TextFeatures
 CATEGORY_SOURCES = ("segmentation", "imagenet")
 CATEGORY_TEXT = ("learned", "zero_shot", "both")
 FUSIONS = ("average", "logit")
-_EPS = 1e-6
 
 
 def category_names(source: str) -> tuple[str, ...]:
@@ -32,11 +31,6 @@ def category_names(source: str) -> tuple[str, ...]:
     if source == "imagenet":
         return IMAGENET_CLASSES
     return tuple(clean_category(name) for name in SEGMENTATION_CATEGORIES)
-
-
-def probability_to_logit(p: Tensor) -> Tensor:
-    p = p.clamp(_EPS, 1 - _EPS)
-    return torch.log(p) - torch.log1p(-p)
 
 
 @register("lstm_cnn_plus")

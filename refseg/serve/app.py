@@ -44,6 +44,8 @@ from refseg.serve.limits import ServerLimits
 log = logging.getLogger("refseg.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Candidates listed per result in JSON answers (best first).
+MAX_CANDIDATES = 5
 
 _ERROR_KINDS = {
     400: "bad_request",
@@ -140,7 +142,8 @@ def create_app(
         """Multipart ``image`` (file) + ``text`` (repeatable) [+ ``threshold``, ``heatmap``].
 
         Returns the 0/255 PNG mask at the photo's size (several texts: their union), or, with
-        ``Accept: application/json``, one result per expression (RLE mask, confidence, empty, area, and the
+        ``Accept: application/json``, one result per expression (RLE mask, confidence, empty, area, the best
+        candidates of instance-aware models, and the
         probability map as a base64 PNG when ``heatmap=true``).
         """
         nonlocal admitted
@@ -303,6 +306,12 @@ def _json_result(
             "area_fraction": round(area / float(height * width), 6),
             "rle": encode_rle(p.mask),
         }
+        candidates = getattr(p, "candidates", [])
+        if candidates:  # instance-aware models: what was chosen and the strongest alternatives
+            item["candidates"] = [
+                {"box": list(c.box), "label": c.label, "score": round(c.score, 4), "chosen": c.chosen}
+                for c in candidates[:MAX_CANDIDATES]
+            ]
         if heatmap:
             gray = np.clip(np.rint(p.prob * 255.0), 0, 255).astype(np.uint8)
             item["heatmap_png"] = base64.b64encode(png_bytes(gray)).decode("ascii")

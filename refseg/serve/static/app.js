@@ -214,6 +214,31 @@ function render() {
     }
   }
   ctx.putImageData(image, 0, 0);
+  if (state.selected >= 0) drawCandidates(ctx, state.results[state.selected]);
+}
+
+// Instance-aware models: the chosen candidate's box (solid) and the runner-up's (dashed).
+function drawCandidates(ctx, result) {
+  const chosen = result.candidates.find((c) => c.chosen);
+  const runnerUp = result.candidates.find((c) => !c.chosen);
+  ctx.lineWidth = Math.max(2, Math.round(state.width / 300));
+  for (const [candidate, dash] of [[chosen, []], [runnerUp, [8, 6]]]) {
+    if (!candidate) continue;
+    const [x1, y1, x2, y2] = candidate.box;
+    ctx.setLineDash(dash);
+    ctx.strokeStyle = dash.length ? "rgba(255,255,255,0.9)" : `rgb(${result.color.rgb.join(",")})`;
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+  }
+  ctx.setLineDash([]);
+}
+
+function candidateSummary(result) {
+  const chosen = result.candidates.find((c) => c.chosen);
+  const runnerUp = result.candidates.find((c) => !c.chosen);
+  const parts = [];
+  if (chosen) parts.push(`chose ${chosen.label} (${chosen.score.toFixed(2)})`);
+  if (runnerUp) parts.push(`runner-up ${runnerUp.label} (${runnerUp.score.toFixed(2)}, dashed)`);
+  return parts.length ? ` · ${parts.join(" · ")}` : "";
 }
 
 function renderLegend() {
@@ -236,7 +261,7 @@ function renderLegend() {
     const info = document.createElement("span");
     info.className = "legend-info";
     const found = result.empty ? "nothing found" : `${(100 * result.areaFraction).toFixed(1)}% of the photo`;
-    info.textContent = `${result.color.name} · ${found} · confidence ${result.confidence.toFixed(2)}`;
+    info.textContent = `${result.color.name} · ${found} · confidence ${result.confidence.toFixed(2)}${candidateSummary(result)}`;
     const download = document.createElement("button");
     download.type = "button";
     download.textContent = "Download mask";
@@ -352,6 +377,7 @@ $("segment-form").addEventListener("submit", async (event) => {
         areaFraction: item.area_fraction,
         mask: decodeRle(item.rle),
         heat: await decodePng(item.heatmap_png),
+        candidates: item.candidates || [],
       });
     }
     state.selected = state.results.length - 1;
