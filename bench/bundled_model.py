@@ -255,10 +255,11 @@ def ship(
     out: Path = SHIPPED,
     threshold: float = 0.5,
     image_size: int | None = None,
+    config: Path = BUNDLED_CONFIG,
 ) -> Path:
     """Write the run's best checkpoint as the bundled model (float16, frozen pretrained parts left
     out), with its decision threshold and inference canvas (default: the training canvas),
-    synthesized-val and human-dev numbers and the training command in ``meta``."""
+    synthesized-val and human-dev numbers and the training command (of ``config``) in ``meta``."""
     from refseg.engine.checkpoint import load_model, save_model
 
     checkpoint = checkpoint_of(run)
@@ -268,7 +269,7 @@ def ship(
     shipped_meta = {
         "image_size": image_size or meta.get("image_size"),
         "threshold": threshold,
-        "training_command": TRAINING_COMMAND,
+        "training_command": f"refseg train {Path(config).resolve().relative_to(REPO)}",
         "synthesized_val": synthesized_val(checkpoint),
         "train_config": meta.get("train_config"),
     }
@@ -356,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ship_parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored with the model")
     ship_parser.add_argument("--image-size", type=int, default=None, help="inference canvas stored with the model (default: the training one)")
     ship_parser.add_argument("--out", type=Path, default=SHIPPED)
+    ship_parser.add_argument("--config", type=Path, default=BUNDLED_CONFIG, help="the config the run was trained with")
     args = parser.parse_args(argv)
 
     if args.command == "sweep":
@@ -381,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "instances":
         print(instances(args.runs, items))
     else:
-        print(ship(args.run, items, args.out, args.threshold, args.image_size))
+        print(ship(args.run, items, args.out, args.threshold, args.image_size, args.config))
     return 0
 
 

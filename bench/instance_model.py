@@ -126,11 +126,12 @@ def write_sheet(failed: list, folder: Path) -> Path:
 
 
 def cues(run: str | Path, items: Sequence[HumanDevItem], config: str | Path = INSTANCE_CONFIG) -> str:
-    """Markdown table: the scorer retrained with every cue group, then without each one."""
+    """Markdown table: the scorer retrained with every cue group, then without each one (the heads and
+    the candidates stay those of the run, so each row is one scorer training and two cached evaluations)."""
     import torch
 
     from refseg.config import load_config
-    from refseg.data.dataset import load_samples
+    from refseg.data.dataset import FeatureCache, RefDataset, load_samples
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate
     from refseg.engine.instance_training import photo_views, scorer_examples, train_scorer
@@ -139,19 +140,21 @@ def cues(run: str | Path, items: Sequence[HumanDevItem], config: str | Path = IN
     cfg = load_config(config)
     model, meta = load_model(checkpoint_of(run))
     size = int(meta.get("image_size", cfg.data.image_size))
-    views = photo_views(model, load_samples(cfg, "train"), size, log=lambda _: None)
-    packs, examples = scorer_examples(model, views, log=lambda _: None)
-    val = load_samples(cfg, "val")
-    trained = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("cue_base", "word_cues"))}
+    packs, examples = scorer_examples(model, photo_views(model, load_samples(cfg, "train"), size, print), print)
+    sets = {"synth val": load_samples(cfg, "val"), "human": [i.sample for i in items]}
+    cache = FeatureCache(torch.float32)
+    for samples in sets.values():
+        cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
     rows = ["| cues | synth val mIoU | human mIoU | human prec@0.5 |", "|---|---|---|---|"]
     for dropped in (None, *CUE_GROUPS):
-        model.load_state_dict(trained, strict=False)
+        torch.manual_seed(int(cfg.train.seed))
+        model.reset_scorer()
         model.cue_mask.copy_(torch.tensor([0.0 if dropped and n in CUE_GROUPS[dropped] else 1.0 for n in CUE_NAMES]))
         rng = np.random.default_rng(int(cfg.train.seed))
         train_scorer(model, packs, examples, cfg.train.stages.get("scorer", 1500), cfg.train.lr, rng, log=lambda _: None)
         model.eval()
-        synth = evaluate(model, val, size).summary()
-        human = by_kind(items, evaluate(model, [i.sample for i in items], size))["all"]
+        scores = {name: evaluate(model, samples, size, feature_cache=cache) for name, samples in sets.items()}
+        synth, human = scores["synth val"].summary(), by_kind(items, scores["human"])["all"]
         name = "all" if dropped is None else f"without {dropped}"
         rows.append(f"| {name} | {100 * synth['mean_iou']:.1f} | {100 * human['mean_iou']:.1f} | {100 * human['prec@0.5']:.1f} |")
     return "\n".join(rows)

@@ -83,8 +83,15 @@ class InstanceRef(RefSegModel):
         self.parser = ExpressionParser()
         enabled = {name for group in cues for name in CUE_GROUPS[group]}
         self.register_buffer("cue_mask", torch.tensor([name in enabled for name in CUE_NAMES]).float(), persistent=False)
-        self.cue_base = nn.Parameter(torch.tensor([1.0 if n == "category" else 0.0 for n in CUE_NAMES]))
+        self.cue_base = nn.Parameter(torch.zeros(len(CUE_NAMES)))
         self.word_cues = nn.Sequential(nn.Linear(T.GLOVE_DIM, cue_hidden), nn.ReLU(), nn.Linear(cue_hidden, len(CUE_NAMES)))
+        self.reset_scorer()
+
+    def reset_scorer(self) -> None:
+        """Untrained scorer weights: the category cue alone; words add nothing yet."""
+        with torch.no_grad():
+            self.cue_base.copy_(torch.tensor([1.0 if n == "category" else 0.0 for n in CUE_NAMES]))
+        self.word_cues[0].reset_parameters()
         nn.init.zeros_(self.word_cues[-1].weight)
         nn.init.zeros_(self.word_cues[-1].bias)
 
@@ -179,13 +186,16 @@ class InstanceRef(RefSegModel):
         scores = self.score(candidates, parsed)
         chosen = self.select(candidates, parsed, scores)
         prob = (candidates.masks * chosen[:, :, None, None]).amax(1, keepdim=True)
-        stuff = _named_stuff(candidates.stuff_map, parsed, prob.shape[-1])
-        prob = torch.where(_names_stuff(parsed)[:, None, None, None], stuff, prob)
+        stuff, stuff_peak = _named_stuff(candidates.stuff_map, parsed, prob.shape[-1])
+        names_stuff = _names_stuff(parsed)
+        prob = torch.where(names_stuff[:, None, None, None], stuff, prob)
+        # confidence: the chosen candidates' share of the softmax (stuff: the named class's peak probability)
+        share = (scores.softmax(-1).nan_to_num() * chosen).sum(-1)
         return ModelOutput(
             logits=probability_to_logit(prob),
             extras={"candidate_scores": scores, "candidate_chosen": chosen, "candidate_boxes": candidates.boxes,
                     "candidate_labels": candidates.labels.argmax(-1), "candidate_valid": candidates.valid,
-                    "candidate_masks": candidates.masks},
+                    "candidate_masks": candidates.masks, "confidence": torch.where(names_stuff, stuff_peak, share)},
         )
 
     def scorer_loss(self, candidates: Candidates, parsed: ParsedExpression, target: Tensor) -> Tensor:
@@ -200,11 +210,12 @@ def _names_stuff(parsed: ParsedExpression) -> Tensor:
 
 
 def _named_stuff(stuff_map: Tensor, parsed: ParsedExpression, grid: int) -> Tensor:
-    """The stuff head's probability of the named stuff classes, relative to its peak on the photo
-    (a region is where it reaches half its peak), on the ``grid`` [B, 1, grid, grid]."""
+    """The stuff head's probability of the named stuff classes relative to its peak on the photo (a region
+    is where it reaches half its peak), on the ``grid`` [B, 1, grid, grid], and that peak [B]."""
     named = torch.einsum("bchw,bc->bhw", stuff_map, parsed.subject[:, NUM_THINGS:])[:, None]
-    named = named / named.amax((-1, -2), keepdim=True).clamp(min=1e-6)
-    return F.interpolate(named, size=(grid, grid), mode="bilinear", align_corners=False)
+    peak = named.amax((-1, -2), keepdim=True)
+    relative = F.interpolate(named / peak.clamp(min=1e-6), size=(grid, grid), mode="bilinear", align_corners=False)
+    return relative, peak.flatten()
 
 
 def paste_masks(probs: Tensor, boxes: Tensor, size: int, grid: int) -> Tensor:

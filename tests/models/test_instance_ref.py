@@ -117,6 +117,8 @@ def test_api_lists_candidates_best_first(model):
         assert c.mask.shape == pred.mask.shape
         x1, y1, x2, y2 = c.box
         assert 0 <= x1 <= x2 <= 200 + 1 and 0 <= y1 <= y2 <= 120 + 1
+    chosen_share = sum(c.score for c in candidates if c.chosen)
+    assert pred.confidence == pytest.approx(chosen_share, abs=1e-4), "confidence: the chosen candidates' share"
     union = np.logical_or.reduce([c.mask for c in candidates if c.chosen] or [np.zeros_like(pred.mask)])
     assert (pred.mask & ~union).sum() <= 0.01 * pred.mask.size, "the mask is made of the chosen candidates"
 
