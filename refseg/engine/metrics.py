@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from refseg.data.masks import decode_mask
 from refseg.data.sample import RefSample
 from refseg.errors import ImageError, RefsegError
+from refseg.io import child_path
 from refseg.models.text import split_words
 
 #: IoU thresholds of the precision metric (Hu et al. 2016, Table 1).
@@ -299,12 +300,9 @@ def score_prediction_dir(
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise RefsegError(f"prediction folder not found: {pred_dir}")
-    root = pred_dir.resolve()
     accumulator = MetricAccumulator(length_edges)
     for sample in samples:
-        path = pred_dir / f"{sample.id}.png"
-        if root not in path.resolve().parents:
-            raise RefsegError(f"sample id {sample.id!r} does not name a file inside {pred_dir}")
+        path = child_path(pred_dir, f"{sample.id}.png")
         # decode_mask needs a size only for "no target", which is handled as None here
         target = None if sample.mask is None else decode_mask(sample.mask, (0, 0))
         if path.exists():
