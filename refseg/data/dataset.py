@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from refseg.data.sample import RefSample
 from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError
+from refseg.limits import check_canvas_size
 
 if TYPE_CHECKING:
     from refseg.config import AugmentConfig, Config, DatasetSpec
@@ -317,7 +318,7 @@ class RefDataset(Dataset):
         with_targets: bool = False,
     ) -> None:
         self.samples = list(samples)
-        self.image_size = image_size
+        self.image_size = check_canvas_size(image_size)
         if augment is not None and cached:
             augment = replace(augment, crop=0.0, copy_paste=0.0, pair_paste=0.0)
         self.augment = augment

@@ -24,7 +24,10 @@ from refseg.postprocess.masks import DEFAULT_THRESHOLD, postprocess
 
 def model_image_size(model: RefSegModel, meta: dict, default: int = 320) -> int:
     """The canvas size a model was trained at (checkpoint metadata or model config), else ``default``."""
-    return int(meta.get("image_size") or model.config.get("image_size") or default)
+    from refseg.limits import check_canvas_size
+
+    size = next((s for s in (meta.get("image_size"), model.config.get("image_size")) if s is not None), default)
+    return check_canvas_size(size)
 
 
 def model_threshold(meta: dict) -> float:
