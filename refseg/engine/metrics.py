@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from refseg.data.masks import decode_mask
+from refseg.data.images import load_label_map
 from refseg.data.sample import RefSample
-from refseg.errors import ImageError, RefsegError
+from refseg.errors import RefsegError
 from refseg.io import child_path
 from refseg.models.text import split_words
 
@@ -279,11 +278,7 @@ def render_summary(summary: dict[str, Any], title: str = "Segmentation metrics")
 
 def read_prediction_png(path: Path) -> np.ndarray:
     """A predicted mask PNG as boolean [H, W]: any non-zero value (palette index, grey, RGB) = target."""
-    try:
-        with Image.open(path) as im:
-            values = np.asarray(im.convert("RGB") if im.mode in ("RGBA", "LA", "PA") else im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"prediction {path} is not a readable PNG: {str(exc).splitlines()[0]}") from None
+    values = load_label_map(path, lambda im: np.asarray(im.convert("RGB") if im.mode in ("RGBA", "LA", "PA") else im))
     return values.any(axis=2) if values.ndim == 3 else values != 0
 
 
@@ -303,11 +298,11 @@ def score_prediction_dir(
     accumulator = MetricAccumulator(length_edges)
     for sample in samples:
         path = child_path(pred_dir, f"{sample.id}.png")
-        # decode_mask needs a size only for "no target", which is handled as None here
-        target = None if sample.mask is None else decode_mask(sample.mask, (0, 0))
+        photo = sample.image_shape()
+        target = None if sample.mask is None else sample.load_mask(photo)
         if path.exists():
             prediction = read_prediction_png(path)
-            expected = target.shape if target is not None else sample.load_image().shape[:2]
+            expected = photo
             if prediction.shape != expected:
                 raise MaskShapeError(
                     f"prediction {path} is {_size(prediction.shape)} but sample {sample.id} is "
