@@ -27,3 +27,7 @@ class ConfigError(RefsegError):
 
 class OutputError(RefsegError):
     """An output path cannot be written."""
+
+
+class TrainingError(RefsegError):
+    """Training cannot go on: the loss or the weights are no longer finite (a diverged run)."""
