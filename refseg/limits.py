@@ -16,7 +16,7 @@ MAX_PIXELS = 40_000_000
 #: Smallest and largest canvas side (pixels) the network runs at.
 MIN_CANVAS, MAX_CANVAS = 32, 2048
 #: DenseCRF runs on at most this many pixels; larger photos are refined on a downscaled copy.
-CRF_MAX_PIXELS = 4_000_000
+CRF_MAX_PIXELS = 2_000_000
 #: Largest upload limit ``refseg serve --max-upload-mb`` accepts.
 MAX_UPLOAD_MB = 1024.0
 

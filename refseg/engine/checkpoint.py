@@ -94,6 +94,8 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
 
 def _regular_file(path: Path) -> Path:
     """``path`` when it is a regular file (reading a FIFO or device could hang), else CheckpointError."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a regular file")
     return path

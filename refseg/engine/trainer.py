@@ -48,8 +48,9 @@ LAST_MODEL = "last.safetensors"
 LAST_STATE = "last_state.pt"
 BEST_MODEL = "best.safetensors"
 #: Config keys a resumed run may change: they do not change what the run computes.
+#: The budget (epochs, iterations) may grow: the run goes on to the new one.
 RESUMABLE_KEYS = frozenset({"train.out_dir", "train.device", "train.workers", "train.progress",
-                            "train.log_every", "train.checkpoint_every"})
+                            "train.log_every", "train.checkpoint_every", "train.epochs", "train.iterations"})
 
 
 # --------------------------------------------------------------------------- process setup
@@ -359,6 +360,8 @@ class Trainer:
                 f"run folder {self.out_dir} already has a run: pass --resume {self.out_dir} "
                 "or choose another train.out_dir=..."
             )
+        if self.resume_state is not None:
+            self._check_resumed_config()
         if self.runtime.is_main:
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -366,8 +369,7 @@ class Trainer:
                 from refseg.errors import OutputError
 
                 raise OutputError(f"cannot create run folder {self.out_dir}: {exc.strerror}") from None
-            if self.resume_state is None:  # a resumed run keeps the config.yaml that describes it
-                save_config(self.config, self.out_dir / "config.yaml")
+            save_config(self.config, self.out_dir / "config.yaml")
 
     def run(self) -> Path:
         """Train; returns the run folder."""
@@ -610,17 +612,24 @@ class Trainer:
         from refseg.engine.checkpoint import load_model
 
         import_plugins(self.config)
-        model, meta = load_model(self.resume_state.with_name(LAST_MODEL))
+        model, _ = load_model(self.resume_state.with_name(LAST_MODEL))
         if model.name != self.config.model.name:
             raise CheckpointError(f"cannot resume a {model.name} run with model {self.config.model.name}")
-        changed = config_changes(meta.get("train_config"), to_dict(self.config))
+        return model.train()
+
+    def _check_resumed_config(self) -> None:
+        """Refuse to resume with a config that differs from the run's outside :data:`RESUMABLE_KEYS`
+        (checked before config.yaml is rewritten, so that it keeps describing the run)."""
+        from refseg.engine.checkpoint import read_header
+
+        saved = read_header(self.resume_state.with_name(LAST_MODEL))["meta"].get("train_config")
+        changed = config_changes(saved, to_dict(self.config))
         if changed:
             raise ConfigError(
                 f"cannot resume {self.out_dir} with a changed config: {'; '.join(changed[:4])}"
                 f"{f' (and {len(changed) - 4} more)' if len(changed) > 4 else ''}; resume with the run's own "
                 f"config ({self.out_dir / 'config.yaml'}) or start a new run"
             )
-        return model.train()
 
     def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, int, int, float]:
         from refseg.engine.checkpoint import check_tensors, load_training_state

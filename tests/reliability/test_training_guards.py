@@ -134,10 +134,12 @@ def test_resume_with_a_changed_config_exits_2_naming_the_keys(cli, finished_run,
     assert (run / "config.yaml").read_bytes() == before
 
 
-def test_resume_with_only_harmless_changes_goes_on(cli, finished_run) -> None:
+def test_resume_with_harmless_changes_and_a_longer_budget_goes_on(cli, finished_run) -> None:
     config, run = finished_run
-    code, _, err = cli("train", config, "train.progress=true", "train.log_every=5", "train.epochs=1", "--resume", run)
+    code, _, err = cli("train", config, "train.progress=true", "train.log_every=5", "train.epochs=2", "--resume", run)
     assert code == 0, err
+    assert load_training_state(run / "last_state.pt")["step"] == 16
+    assert "epochs: 2" in (run / "config.yaml").read_text()  # config.yaml describes the run as continued
 
 
 def _edited_state(run: Path, edit) -> None:
