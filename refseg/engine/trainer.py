@@ -623,6 +623,8 @@ class Trainer:
         from refseg.engine.checkpoint import read_header
 
         saved = read_header(self.resume_state.with_name(LAST_MODEL))["meta"].get("train_config")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"cannot resume {self.out_dir}: its {LAST_MODEL} does not record the config of the run")
         changed = config_changes(saved, to_dict(self.config))
         if changed:
             raise ConfigError(
@@ -660,10 +662,9 @@ def _diverged(loss: Tensor, world: int) -> bool:
     return bool(bad.item() > 0)
 
 
-def config_changes(saved: Any, current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for each dotted config key that differs, outside :data:`RESUMABLE_KEYS`
-    (a run saved without its config differs in every key)."""
-    old, new = _flatten(saved if isinstance(saved, dict) else {}), _flatten(current)
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for each dotted config key that differs, outside :data:`RESUMABLE_KEYS`."""
+    old, new = _flatten(saved), _flatten(current)
     keys = sorted((old.keys() | new.keys()) - RESUMABLE_KEYS)
     return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
 

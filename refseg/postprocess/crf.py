@@ -54,7 +54,7 @@ def refine(
     Returns the CRF marginal of the target label, float32 [H, W] in [0, 1]; threshold it
     at 0.5 for the refined mask. Memory and time grow with the pixel count (about 250 bytes a
     pixel), so a photo over ``max_pixels`` is refined on a copy downscaled to ``max_pixels``
-    (kernel widths scaled alike) and the marginal is resized back to H x W.
+    (the bilateral kernel's width scaled alike) and the marginal is resized back to H x W.
     """
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2 or rgb.shape[:2] != prob.shape or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -67,7 +67,7 @@ def refine(
     marginal = _dense_crf(
         np.asarray(Image.fromarray(prob).resize(small, Image.BILINEAR)),
         np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize(small, Image.BILINEAR)),
-        replace(params, smooth_sxy=params.smooth_sxy * scale, appearance_sxy=params.appearance_sxy * scale),
+        replace(params, appearance_sxy=params.appearance_sxy * scale),  # the 1-pixel smoothness kernel stays 1 pixel
     )
     return np.asarray(Image.fromarray(marginal).resize((w, h), Image.BILINEAR), dtype=np.float32)
 

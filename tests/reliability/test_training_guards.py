@@ -142,6 +142,15 @@ def test_resume_with_harmless_changes_and_a_longer_budget_goes_on(cli, finished_
     assert "epochs: 2" in (run / "config.yaml").read_text()  # config.yaml describes the run as continued
 
 
+def test_resume_of_a_run_without_its_recorded_config_exits_2(cli, finished_run) -> None:
+    from refseg.engine.checkpoint import load_model, save_model
+
+    config, run = finished_run
+    model, meta = load_model(run / "last.safetensors")
+    save_model(run / "last.safetensors", model, {k: v for k, v in meta.items() if k != "train_config"})
+    assert_one_line_error(*cli("train", config, "--resume", run)[::2], "does not record the config")
+
+
 def _edited_state(run: Path, edit) -> None:
     state = load_training_state(run / "last_state.pt")
     edit(state)
