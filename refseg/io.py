@@ -47,8 +47,8 @@ def check_output_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Pa
         info = path.stat()  # follows links: a link to /dev/null is refused like /dev/null
     except FileNotFoundError:
         info = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # permissions, a name that is too long or holds a NUL byte
+        raise OutputError(f"cannot write {str(path)[:200]}: {getattr(exc, 'strerror', None) or exc}") from None
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputError(f"output path is a directory: {path}")
     if info is not None and not stat.S_ISREG(info.st_mode):
@@ -81,15 +81,19 @@ def check_outputs(paths: Iterable[str | Path | None], inputs: Iterable[str | Pat
 def child_path(folder: str | Path, name: str) -> Path:
     """``folder/name`` for a name taken from untrusted data (a sample id); a name that would
     leave ``folder`` (``..``, an absolute path, a NUL byte) is a one-line :class:`OutputError`."""
-    folder = Path(folder)
-    candidate = folder / name
-    try:
-        inside = folder.resolve() in candidate.resolve().parents
-    except (OSError, ValueError):
-        inside = False
-    if not inside or Path(name).is_absolute():
+    candidate = Path(folder) / name
+    if not is_inside(folder, candidate) or Path(name).is_absolute():
         raise OutputError(f"{name!r} does not name a file inside {folder}")
     return candidate
+
+
+def is_inside(folder: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` resolves (links followed) to something below ``folder``; False when it
+    cannot be resolved (a NUL byte, a link loop)."""
+    try:
+        return Path(folder).resolve() in Path(path).resolve().parents
+    except (OSError, ValueError):
+        return False
 
 
 def _temp_prefix(path: Path) -> str:

@@ -20,10 +20,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from refseg.errors import ImageError, ImageTooLargeError, RefsegError
-from refseg.limits import MAX_PIXELS  # noqa: F401 - images with more pixels are refused before decoding
+from refseg.limits import MAX_PIXELS  # images with more pixels are refused before decoding
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
-
 
 #: Pillow formats refseg decodes (JPEG includes the MPO files of phone cameras). Others are refused.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")

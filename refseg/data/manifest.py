@@ -25,7 +25,7 @@ from refseg.data.annotations import check_rle, loads
 from refseg.data.masks import decode_mask, encode_rle
 from refseg.data.sample import RefSample
 from refseg.errors import ConfigError
-from refseg.io import atomic_write_text, save_mask_png, save_png
+from refseg.io import atomic_write_text, is_inside, save_mask_png, save_png
 
 REQUIRED_KEYS = ("id", "image", "sentence", "mask")
 _FIELD_KEYS = ("split", "source", "image_id")
@@ -96,7 +96,7 @@ def _parse_mask(value: Any, base: Path, where: str, check_files: bool) -> Path |
         return None
     if isinstance(value, str):
         mask = _resolve(base, value)
-        if not _inside(base, mask):
+        if not is_inside(base, mask):
             raise ConfigError(f"{where}: mask {value!r} is outside the manifest's folder {base}")
         if check_files and not mask.is_file():
             raise ConfigError(f"{where}: mask not found (or not a regular file): {mask}")
@@ -108,13 +108,6 @@ def _parse_mask(value: Any, base: Path, where: str, check_files: bool) -> Path |
             raise ConfigError(f"{where}: mask: {exc}") from None
         return value
     raise ConfigError(f"{where}: mask must be a PNG path, a COCO RLE object or null")
-
-
-def _inside(folder: Path, path: Path) -> bool:
-    try:
-        return folder.resolve() in path.resolve().parents
-    except (OSError, ValueError):  # a NUL byte, a link loop
-        return False
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -191,7 +184,7 @@ class _ManifestWriter:
     def _mask(self, sample: RefSample) -> str | dict | None:
         if sample.mask is None:
             return None
-        if isinstance(sample.mask, (str, Path)) and _inside(self.out_dir, Path(sample.mask)):
+        if isinstance(sample.mask, (str, Path)) and is_inside(self.out_dir, Path(sample.mask)):
             return self._relative(Path(sample.mask))  # readers refuse mask paths outside the folder: others are copied
         if isinstance(sample.mask, dict) and self.mask_format == "rle":
             return sample.mask

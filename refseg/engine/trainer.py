@@ -577,12 +577,13 @@ class Trainer:
         return bar()
 
     def _save(self, model, optimizer, scheduler, scaler, epoch, skip, step, best, metrics, improved) -> None:
+        # every process checks (DDP keeps the weights identical), so that all of them stop together
+        if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
+            raise self._divergence(f"by step {step}: the weights are no longer finite")
         if not self.runtime.is_main:
             return
         from refseg.engine.checkpoint import save_model, save_training_state, saved_tensors
 
-        if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
-            raise self._divergence(f"by step {step}: the weights are no longer finite")
         meta = {
             "epoch": epoch, "step": step, "image_size": self.config.data.image_size,
             "metrics": {k: v for k, v in (metrics or {}).items() if k != "by_length"},
