@@ -127,7 +127,9 @@ def check_rle(rle: Any, height: int | None = None, width: int | None = None) -> 
     if isinstance(counts, list):
         values = [check_int(c, "an RLE count") for c in counts]
     elif isinstance(counts, (str, bytes)):
-        values = _string_counts(counts.encode("ascii", "replace") if isinstance(counts, str) else counts)
+        if isinstance(counts, str) and not counts.isascii():
+            raise ConfigError("an RLE string holds a character outside its alphabet")
+        values = _string_counts(counts.encode("ascii") if isinstance(counts, str) else counts)
     else:
         raise ConfigError("an RLE needs \"counts\" (a list of numbers or a compressed string)")
     if any(v < 0 for v in values) or sum(values) != h * w:

@@ -48,6 +48,7 @@ HOSTILE_SEGMENTATIONS = {
     "rle_string_garbage": ({"size": [SIZE, SIZE], "counts": "\x7f\x7f~~~"}, "outside its alphabet"),
     "rle_string_overrun": ({"size": [SIZE, SIZE], "counts": "0ooooooooo8"}, "RLE"),
     "rle_string_cut": ({"size": [SIZE, SIZE], "counts": "o"}, "ends in the middle"),
+    "rle_string_not_ascii": ({"size": [SIZE, SIZE], "counts": "0é" * 3}, "outside its alphabet"),
     "rle_float_counts": ({"size": [SIZE, SIZE], "counts": [0.5, SIZE * SIZE - 0.5]}, "must be an integer"),
     "rle_without_counts": ({"size": [SIZE, SIZE]}, "counts"),
     "not_a_segmentation": ("polygon", "unsupported segmentation"),
