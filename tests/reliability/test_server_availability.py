@@ -190,7 +190,7 @@ def test_requests_whose_client_left_are_not_computed() -> None:
         first.join(10)
     assert status == 200, payload
     assert segmenter.calls == 2  # the first and the last: none of the five abandoned ones
-    assert waited < 3 * segmenter.seconds  # not 5 x 1 s behind them
+    assert waited < 5 * segmenter.seconds  # computing the five as well would take at least 6 s
 
 
 # --------------------------------------------------------------------------- disconnect mid-upload
