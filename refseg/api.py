@@ -25,6 +25,7 @@ from torch import Tensor
 from refseg.data.images import ImageInput, load_image
 from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError, TextError
+from refseg.limits import check_canvas_size
 from refseg.models.base import Batch, ModelOutput, RefSegModel
 from refseg.models.text import UNK, split_words
 from refseg.models.layers import probability_to_logit
@@ -183,10 +184,8 @@ class Segmenter:
         runner: Runner | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        if image_size < 32:
-            raise ConfigError(f"image_size must be at least 32 pixels, got {image_size}")
         self.model = model.eval()
-        self.image_size = int(image_size)
+        self.image_size = check_canvas_size(image_size)
         if runner is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             runner = TorchRunner(model, device)
@@ -219,7 +218,9 @@ class Segmenter:
             raise ConfigError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         path = resolve_model_path(name_or_path)
         model, meta = load_model(path, device=device)
-        size = image_size or meta.get("image_size") or model.config.get("image_size") or DEFAULT_IMAGE_SIZE
+        size = next((s for s in (image_size, meta.get("image_size"), model.config.get("image_size")) if s is not None),
+                    DEFAULT_IMAGE_SIZE)
+        size = check_canvas_size(size)
         if runtime == "onnx":
             from refseg.export.onnx import create_onnx_runner
 

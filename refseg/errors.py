@@ -31,3 +31,7 @@ class OutputError(RefsegError):
 
 class MissingExtraError(RefsegError):
     """An optional feature was asked for without its extra installed (see :mod:`refseg.extras`)."""
+
+
+class TrainingError(RefsegError):
+    """Training cannot go on: the loss or the weights are no longer finite (a diverged run)."""

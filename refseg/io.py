@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +35,27 @@ def _read_umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_read_umask()
 
 
-def check_output_path(path: Path) -> None:
-    """Raise :class:`OutputError` (one line) unless ``path`` can be written: a file in a writable folder."""
-    if path.is_dir():
+def check_output_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """``path`` if refseg may write it, else a one-line :class:`OutputError`.
+
+    Refused: a directory; an existing file that is not a regular file (a device such as
+    /dev/null, a FIFO, a socket: the atomic rename would replace it); one of ``inputs`` (the
+    photo being segmented); a folder that is missing or not writable.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()  # follows links: a link to /dev/null is refused like /dev/null
+    except FileNotFoundError:
+        info = None
+    except (OSError, ValueError) as exc:  # permissions, a name that is too long or holds a NUL byte
+        raise OutputError(f"cannot write {str(path)[:200]}: {getattr(exc, 'strerror', None) or exc}") from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
         raise OutputError(f"output path is a directory: {path}")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"output path is not a regular file (a device, FIFO or socket): {path}")
+    for source in inputs:
+        if info is not None and Path(source).exists() and os.path.samefile(path, source):
+            raise OutputError(f"output path {path} is an input file: refusing to overwrite it")
     parent = path.parent
     if not parent.exists():
         raise OutputError(f"output folder does not exist: {parent}")
@@ -44,6 +63,37 @@ def check_output_path(path: Path) -> None:
         raise OutputError(f"output folder is not a directory: {parent}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output folder is not writable: {parent}")
+    return path
+
+
+def check_outputs(paths: Iterable[str | Path | None], inputs: Iterable[str | Path] = ()) -> None:
+    """:func:`check_output_path` for each given path, and no two of them the same file."""
+    inputs = list(inputs)
+    seen: dict[Path, Path] = {}
+    for path in (Path(p) for p in paths if p is not None):
+        check_output_path(path, inputs)
+        key = path.resolve()
+        if key in seen:
+            raise OutputError(f"two outputs name the same file: {seen[key]} and {path}")
+        seen[key] = path
+
+
+def child_path(folder: str | Path, name: str) -> Path:
+    """``folder/name`` for a name taken from untrusted data (a sample id); a name that would
+    leave ``folder`` (``..``, an absolute path, a NUL byte) is a one-line :class:`OutputError`."""
+    candidate = Path(folder) / name
+    if not is_inside(folder, candidate) or Path(name).is_absolute():
+        raise OutputError(f"{name!r} does not name a file inside {folder}")
+    return candidate
+
+
+def is_inside(folder: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` resolves (links followed) to something below ``folder``; False when it
+    cannot be resolved (a NUL byte, a link loop)."""
+    try:
+        return Path(folder).resolve() in Path(path).resolve().parents
+    except (OSError, ValueError):
+        return False
 
 
 def _temp_prefix(path: Path) -> str:
@@ -53,8 +103,8 @@ def _temp_prefix(path: Path) -> str:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (write + fsync + rename); returns the path.
 
-    Raises :class:`OutputError` (one line) when the folder is missing or not writable, the path is
-    a directory, or the write fails (disk full, ...); the previous content of ``path`` is then intact.
+    Raises :class:`OutputError` (one line) when :func:`check_output_path` refuses the path or the
+    write fails (disk full, ...); the previous content of ``path`` is then intact.
     """
     path = Path(path)
     check_output_path(path)

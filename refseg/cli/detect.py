@@ -25,7 +25,7 @@ def detect(
     from refseg.models.detector import load_detector
 
     if boxes is not None:
-        check_output_path(boxes)  # fail before the model load, not after it
+        check_output_path(boxes, inputs=[image])  # fail before the model load, not after it
     rgb = load_image(image)
     found = load_detector().detect(rgb, size=size, score_threshold=threshold)
     captions = [f"{name} {score:.2f}" for name, score in zip(found.names, found.scores)]

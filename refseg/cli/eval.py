@@ -120,7 +120,7 @@ def _score(console, samples, model_name, pred_dir, save_pred, crf, threshold, im
     from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
     model, meta = load_model(model_name, device=device)
-    size = image_size or model_image_size(model, meta)
+    size = model_image_size(model, meta) if image_size is None else image_size
     threshold = model_threshold(meta) if threshold is None else threshold
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"evaluating {model.name} at {size} px", total=len(samples))

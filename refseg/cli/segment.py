@@ -49,19 +49,14 @@ def segment(
     from refseg.data.images import load_image
     from refseg.errors import OutputError
     from refseg.extras import require
-    from refseg.io import save_mask_png, save_png
+    from refseg.io import check_outputs, save_mask_png, save_png
 
     if runtime is Runtime.onnx:
         require("onnx", "--runtime onnx")  # before the (slow) model load
     if crf:
         require("crf", "--crf")
     output = output if output is not None else Path(f"{image.stem}.mask.png")
-    targets = [p for p in (output, overlay, heatmap, candidates) if p is not None]
-    for path in targets:  # fail before the (slow) model load, not after it
-        if path.is_dir():
-            raise OutputError(f"output path is a directory: {path}")
-        if not path.parent.is_dir():
-            raise OutputError(f"output folder does not exist: {path.parent}")
+    check_outputs((output, overlay, heatmap, candidates), inputs=[image])  # fail before the (slow) model load
     rgb = load_image(image)
     segmenter = Segmenter.from_pretrained(model, runtime=runtime.value, image_size=image_size)
     pred = segmenter.predict(rgb, text, threshold=threshold, crf=crf)

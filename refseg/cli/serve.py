@@ -26,6 +26,7 @@ def serve(
     max_pixels: int = typer.Option(_DEFAULTS.max_pixels, "--max-pixels", min=1, help="Largest photo, in pixels (refused before decoding)."),
     max_texts: int = typer.Option(_DEFAULTS.max_texts, "--max-texts", min=1, help="Most expressions in one request."),
     queue: int = typer.Option(_DEFAULTS.queue_size, "--queue", min=1, help="Requests admitted at once (running + waiting); more get HTTP 503."),
+    read_timeout: float = typer.Option(_DEFAULTS.read_timeout_s, "--read-timeout", help="Seconds a request may take to upload; slower ones get HTTP 408."),
 ) -> None:
     """Serve POST /segment, the web page at / and GET /health (extra 'serve')."""
     from refseg.extras import require
@@ -34,13 +35,15 @@ def serve(
     import uvicorn
 
     from refseg.api import Segmenter
+    from refseg.limits import upload_bytes
     from refseg.serve.app import create_app, describe_model
 
     limits = ServerLimits(
-        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_upload_bytes=upload_bytes(max_upload_mb),
         max_pixels=max_pixels,
         max_texts=max_texts,
         queue_size=queue,
+        read_timeout_s=read_timeout,
     )
     segmenter = Segmenter.from_pretrained(model, runtime=runtime)
     app = create_app(segmenter, limits, describe_model(segmenter, model, runtime))

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from skimage.measure import label
 
 from refseg.data.coco import ImageRegions
+from refseg.data.images import load_label_map
 from refseg.data.sample import Region
 from refseg.errors import ConfigError
 
@@ -97,8 +97,7 @@ class CamVid:
     def iter_images(self) -> Iterator[ImageRegions]:
         for label_path in self.label_paths:
             image_path = self._photo(label_path.stem)
-            with Image.open(label_path) as im:
-                labels = np.asarray(im)
+            labels = load_label_map(label_path, np.asarray)
             if labels.ndim != 2:
                 raise ConfigError(f"CamVid label map {label_path} is not single-channel")
             yield ImageRegions(

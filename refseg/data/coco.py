@@ -15,16 +15,18 @@ image's regions into :class:`RefSample` s, by category name or by synthesized ex
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from refseg.data.annotations import (
+    INSTANCE_KEYS, PANOPTIC_KEYS, check_coco, check_photo_size, check_polygons, check_rle, read_json,
+)
+from refseg.data.images import load_label_map
 from refseg.data.masks import encode_rle
 from refseg.data.sample import RefSample, Region
 from refseg.errors import ConfigError
@@ -55,44 +57,34 @@ def segmentation_rle(segmentation: Any, height: int, width: int) -> dict:
     if isinstance(segmentation, dict):
         parts = [segmentation]
     elif isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
-        parts = mask_utils.frPyObjects(segmentation, height, width)  # polygons
+        polygons = check_polygons(segmentation, height, width)
+        if not polygons:  # only degenerate polygons: no pixel
+            return encode_rle(np.zeros((height, width), dtype=bool))
+        parts = mask_utils.frPyObjects(polygons, height, width)
     elif isinstance(segmentation, list) and segmentation and all(isinstance(p, dict) for p in segmentation):
         parts = list(segmentation)
     else:
         raise ConfigError(f"unsupported segmentation of type {type(segmentation).__name__}")
     rles = []
     for part in parts:
-        counts = part.get("counts")
+        check_rle(part, height, width)
+        counts = part["counts"]
         if isinstance(counts, list):  # uncompressed RLE
-            part = mask_utils.frPyObjects(part, *part["size"])
+            part = mask_utils.frPyObjects(part, height, width)
         elif isinstance(counts, str):
             part = {"size": part["size"], "counts": counts.encode("ascii")}
-        elif not isinstance(counts, bytes):
-            raise ConfigError("RLE segmentation without counts")
-        if list(part["size"]) != [height, width]:
-            raise ConfigError(f"RLE of size {part['size']} on an image of size {[height, width]}")
         rles.append(part)
     merged = mask_utils.merge(rles) if len(rles) > 1 else rles[0]
     return {"size": [int(s) for s in merged["size"]], "counts": merged["counts"].decode("ascii")}
 
 
-def load_json(path: Path, what: str) -> Any:
-    """Parse a JSON annotation file; missing or corrupt files are a :class:`ConfigError`."""
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
-    try:
-        with path.open(encoding="utf-8") as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
-
-
 def load_captions(path: str | Path) -> dict[int, list[str]]:
     """COCO ``captions_*.json`` as {image id: [caption, ...]} (stripped, in file order)."""
-    data = load_json(Path(path), "captions file")
+    data = read_json(Path(path), "captions file")
+    check_coco(data, f"captions file {path}", {"image_id": int, "caption": str})
     captions: dict[int, list[str]] = {}
     for ann in data.get("annotations", []):
-        captions.setdefault(int(ann["image_id"]), []).append(str(ann["caption"]).strip())
+        captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
     return captions
 
 
@@ -100,6 +92,7 @@ class _CocoReader:
     """Shared part of the COCO readers: image index, categories, captions, image paths."""
 
     kind = ""
+    annotation_keys: dict[str, type] = INSTANCE_KEYS
 
     def __init__(
         self,
@@ -113,7 +106,9 @@ class _CocoReader:
         self.split = split
         self.name = f"{split}{year}"
         self.image_dir = Path(images) if images else self.root / "images" / self.name
-        self.data = load_json(self.root / "annotations" / f"{self.kind}_{self.name}.json", f"COCO {self.kind} file")
+        path = self.root / "annotations" / f"{self.kind}_{self.name}.json"
+        self.data = read_json(path, f"COCO {self.kind} file")
+        check_coco(self.data, f"COCO {self.kind} file {path}", self.annotation_keys)
         self.categories: dict[int, dict] = {int(c["id"]): c for c in self.data.get("categories", [])}
         self.images: list[dict] = sorted(self.data.get("images", []), key=lambda im: int(im["id"]))
         default_captions = self.root / "annotations" / f"captions_{self.name}.json"
@@ -140,7 +135,8 @@ class _CocoReader:
         path = self.image_dir / image["file_name"]
         if not path.is_file():
             raise ConfigError(f"image not found: {path} (use --images to point at the photos)")
-        height, width = int(image["height"]), int(image["width"])
+        height, width = image["height"], image["width"]
+        check_photo_size(path, height, width, f"image {image['id']}")
         return ImageRegions(
             image_id=str(image["id"]),
             path=path,
@@ -202,6 +198,7 @@ class CocoPanoptic(_CocoReader):
     """
 
     kind = "panoptic"
+    annotation_keys = PANOPTIC_KEYS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -222,8 +219,7 @@ class CocoPanoptic(_CocoReader):
     def _segment_ids(path: Path, height: int, width: int) -> np.ndarray:
         if not path.is_file():
             raise ConfigError(f"panoptic PNG not found: {path}")
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
+        rgb = load_label_map(path, lambda im: np.asarray(im.convert("RGB"), dtype=np.int64))
         if rgb.shape[:2] != (height, width):
             raise ConfigError(f"panoptic PNG {path} is {rgb.shape[1]}x{rgb.shape[0]}, expected {width}x{height}")
         return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]

@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,9 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from refseg.data.annotations import loads
 from refseg.data.sample import RefSample
 from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError
+from refseg.limits import check_canvas_size
 
 if TYPE_CHECKING:
     from refseg.config import AugmentConfig, Config, DatasetSpec
@@ -70,10 +71,7 @@ def read_image_ids(path: str | Path) -> set[str]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
+        record = loads(line, f"{path}:{number}")
         if not isinstance(record, dict):
             raise ConfigError(f"{path}:{number}: not a JSON object")
         if record.get("image_id") is None:
@@ -317,7 +315,7 @@ class RefDataset(Dataset):
         with_targets: bool = False,
     ) -> None:
         self.samples = list(samples)
-        self.image_size = image_size
+        self.image_size = check_canvas_size(image_size)
         if augment is not None and cached:
             augment = replace(augment, crop=0.0, copy_paste=0.0, pair_paste=0.0)
         self.augment = augment

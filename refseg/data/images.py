@@ -11,6 +11,7 @@ Untrusted files are handled defensively:
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterator, Union
@@ -19,11 +20,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from refseg.errors import ImageError, ImageTooLargeError, RefsegError
+from refseg.limits import MAX_PIXELS  # images with more pixels are refused before decoding
 
 ImageInput = Union[str, Path, bytes, np.ndarray, Image.Image]
-
-#: Images with more pixels than this are refused before decoding (decompression bombs).
-MAX_PIXELS = 40_000_000
 
 #: Pillow formats refseg decodes (JPEG includes the MPO files of phone cameras). Others are refused.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
@@ -55,6 +54,16 @@ def load_image(source: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return _decode(lambda: Image.open(path, formats=FORMATS), str(path), max_pixels)
 
 
+def load_label_map(
+    source: str | Path, convert: Callable[[Image.Image], np.ndarray], max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """A target mask, label map or predicted mask file as stored (no EXIF turn), turned into an
+    array by ``convert``, with the guards photos get: the formats of :data:`FORMATS` only, the
+    pixel count checked before decoding, every decoder failure a one-line :class:`ImageError`."""
+    path = _readable_path(source)
+    return _decode(lambda: Image.open(path, formats=FORMATS), str(path), max_pixels, convert=convert)
+
+
 #: EXIF orientations that display the stored image turned by 90° (width and height swap).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -84,6 +93,8 @@ def _readable_path(source: object) -> Path:
             raise ImageError(f"image not found: {path}")
         if path.is_dir():
             raise ImageError(f"image path is a directory: {path}")
+        if not path.is_file():
+            raise ImageError(f"image is not a regular file (a device, FIFO or socket): {path}")
         if path.stat().st_size == 0:
             raise ImageError(f"image is empty (0 bytes): {path}")
     except (OSError, ValueError) as exc:  # e.g. a name that is too long or holds a NUL byte
@@ -96,7 +107,9 @@ def _decoder_errors(name: str) -> Iterator[None]:
     """Every failure of Pillow inside the block → a one-line ImageError / ImageTooLargeError."""
     Image.init()  # registers every plugin once (Image.open(formats=...) expects them registered)
     try:
-        yield
+        with warnings.catch_warnings():  # refseg checks the size itself: no Pillow bomb warning on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except RefsegError:
         raise
     except Image.DecompressionBombError as exc:
@@ -110,9 +123,14 @@ def _decoder_errors(name: str) -> Iterator[None]:
 
 
 def _decode(
-    open_image: Callable[[], Image.Image], name: str, max_pixels: int, owned: bool = True
+    open_image: Callable[[], Image.Image],
+    name: str,
+    max_pixels: int,
+    owned: bool = True,
+    convert: Callable[[Image.Image], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Open (header only), check the size, then decode; every decoder failure → ImageError.
+    """Open (header only), check the size, then decode and ``convert`` (default: RGB with EXIF
+    orientation); every decoder failure → ImageError.
 
     ``owned``: the image was opened here and is closed here (not a caller's PIL image).
     """
@@ -124,7 +142,7 @@ def _decode(
                     f"{name} is too large: {im.width}x{im.height} pixels, over the limit of {max_pixels:,}"
                 )
             im.load()
-            return _pil_to_rgb(im)
+            return (convert or _pil_to_rgb)(im)
         finally:
             if owned:
                 im.close()

@@ -5,8 +5,9 @@ Each line is a JSON object::
     {"id": "...", "image": "images/a.jpg", "sentence": "the dog on the left",
      "mask": "masks/a_1.png" | {"size": [h, w], "counts": ...} | null, "split": "val"}
 
-``mask`` is a PNG (non-zero = target), a COCO RLE (compressed or uncompressed) or ``null``
-(no target). Relative paths are relative to the manifest file. Optional ``split``, ``source``
+``mask`` is a PNG (non-zero = target) inside the manifest's folder, a COCO RLE (compressed or
+uncompressed, checked by :func:`~refseg.data.annotations.check_rle`) or ``null`` (no target).
+Relative paths are relative to the manifest file. Optional ``split``, ``source``
 and ``image_id`` fill the :class:`RefSample` fields of that name; every other key goes to ``meta``.
 """
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from refseg.data.annotations import check_rle, loads
 from refseg.data.masks import decode_mask, encode_rle
 from refseg.data.sample import RefSample
 from refseg.errors import ConfigError
-from refseg.io import atomic_write_text, save_mask_png, save_png
+from refseg.io import atomic_write_text, is_inside, save_mask_png, save_png
 
 REQUIRED_KEYS = ("id", "image", "sentence", "mask")
 _FIELD_KEYS = ("split", "source", "image_id")
@@ -40,7 +42,7 @@ def iter_manifest(path: str | Path, split: str | None = None, check_files: bool 
         raise ConfigError(f"manifest not found: {path}")
     base = path.parent
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
+    with path.open("rb") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -57,11 +59,8 @@ def read_manifest(path: str | Path, split: str | None = None, check_files: bool 
     return list(iter_manifest(path, split, check_files))
 
 
-def _parse_line(line: str, base: Path, where: str, check_files: bool) -> RefSample:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+def _parse_line(line: bytes, base: Path, where: str, check_files: bool) -> RefSample:
+    record = loads(line, where)
     if not isinstance(record, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
@@ -97,18 +96,16 @@ def _parse_mask(value: Any, base: Path, where: str, check_files: bool) -> Path |
         return None
     if isinstance(value, str):
         mask = _resolve(base, value)
+        if not is_inside(base, mask):
+            raise ConfigError(f"{where}: mask {value!r} is outside the manifest's folder {base}")
         if check_files and not mask.is_file():
-            raise ConfigError(f"{where}: mask not found: {mask}")
+            raise ConfigError(f"{where}: mask not found (or not a regular file): {mask}")
         return mask
     if isinstance(value, dict):
-        size, counts = value.get("size"), value.get("counts")
-        if (
-            not isinstance(size, list)
-            or len(size) != 2
-            or not all(isinstance(s, int) and s > 0 for s in size)
-            or not isinstance(counts, (str, list))
-        ):
-            raise ConfigError(f"{where}: mask RLE needs \"size\": [height, width] and \"counts\" (string or list)")
+        try:
+            check_rle(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: mask: {exc}") from None
         return value
     raise ConfigError(f"{where}: mask must be a PNG path, a COCO RLE object or null")
 
@@ -128,7 +125,7 @@ def write_manifest(
 
     Masks become 0/255 PNGs under ``masks/`` (``mask_format="png"``; identical masks, e.g. the
     several sentences of one object, share one file) or inline compressed RLE
-    (``mask_format="rle"``); a mask that already is a PNG file is referenced, not copied.
+    (``mask_format="rle"``); a PNG mask file inside ``out_dir`` is referenced, others are copied.
     Images given as arrays are written once per ``image_id`` under ``images/``. Paths are
     written relative to the manifest. Every file is written atomically.
     """
@@ -187,8 +184,8 @@ class _ManifestWriter:
     def _mask(self, sample: RefSample) -> str | dict | None:
         if sample.mask is None:
             return None
-        if isinstance(sample.mask, (str, Path)):
-            return self._relative(Path(sample.mask))
+        if isinstance(sample.mask, (str, Path)) and is_inside(self.out_dir, Path(sample.mask)):
+            return self._relative(Path(sample.mask))  # readers refuse mask paths outside the folder: others are copied
         if isinstance(sample.mask, dict) and self.mask_format == "rle":
             return sample.mask
         mask = decode_mask(sample.mask, (0, 0))  # size is only used for "no target"

@@ -21,7 +21,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from refseg.data.coco import load_json, segmentation_rle
+from refseg.data.annotations import check_coco, check_photo_size, read_json
+from refseg.data.coco import segmentation_rle
 from refseg.data.sample import RefSample
 from refseg.errors import ConfigError
 
@@ -52,7 +53,7 @@ def load_refs(path: str | Path) -> list[dict]:
         raise ConfigError(f"refs file not found: {path}")
     try:
         refs = _PlainDataUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
         raise ConfigError(f"refusing refs file {path}: {exc}") from None
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
         raise ConfigError(f"refs file {path} does not hold a list of refs")
@@ -103,7 +104,8 @@ class ReferDataset:
                 f"refs file not found: {refs_path} (released splitBy for {dataset}: {', '.join(DATASETS[dataset])})"
             )
         self.refs = load_refs(refs_path)
-        instances = load_json(data_dir / "instances.json", "refer instances file")
+        instances = read_json(data_dir / "instances.json", "refer instances file")
+        check_coco(instances, f"refer instances file {data_dir / 'instances.json'}")
         self.images = {int(im["id"]): im for im in instances.get("images", [])}
         self.annotations = {int(a["id"]): a for a in instances.get("annotations", [])}
         self.categories = {int(c["id"]): c["name"] for c in instances.get("categories", [])}
@@ -126,9 +128,10 @@ class ReferDataset:
                 if check_images and image_path not in checked:
                     if not image_path.is_file():
                         raise ConfigError(f"image not found: {image_path} (use --images to point at the photos)")
+                    check_photo_size(image_path, *mask["size"], f"image {ref['image_id']}")
                     checked.add(image_path)
                 samples += self._ref_samples(ref, image_path, mask)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                 raise ConfigError(f"{self.source}: malformed ref {ref.get('ref_id')}: {exc!r}") from None
         return samples
 
@@ -166,7 +169,7 @@ class ReferDataset:
         if ann is None:
             raise ConfigError(f"ref {ref['ref_id']}: annotation {ref['ann_id']} is not in instances.json")
         try:
-            mask = segmentation_rle(ann["segmentation"], int(image["height"]), int(image["width"]))
+            mask = segmentation_rle(ann["segmentation"], image["height"], image["width"])
         except ConfigError as exc:
             raise ConfigError(f"ref {ref['ref_id']}, annotation {ref['ann_id']}: {exc}") from None
         return self.image_dir / image["file_name"], mask

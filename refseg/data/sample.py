@@ -62,10 +62,19 @@ class RefSample:
     def load_mask(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """Boolean [H, W] target; all False when there is no target.
 
-        ``size`` (H, W) is needed only for no-target samples (to build the empty mask).
+        ``size`` (H, W) is the photo's: a target of another size is a ConfigError (training or
+        scoring on the wrong geometry would be silently wrong). Without it, no check is made
+        (except for no-target samples, whose empty mask takes the photo's size).
         """
         from refseg.data.masks import decode_mask
+        from refseg.errors import ConfigError
 
         if self.mask is None and size is None:
             size = self.image_shape()
-        return decode_mask(self.mask, size)
+        mask = decode_mask(self.mask, size)
+        if size is not None and mask.shape != tuple(size):
+            raise ConfigError(
+                f"sample {self.id}: its mask is {mask.shape[1]}x{mask.shape[0]} pixels but its photo is "
+                f"{size[1]}x{size[0]}; masks must have the size of their photo"
+            )
+        return mask

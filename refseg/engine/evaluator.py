@@ -24,7 +24,10 @@ from refseg.postprocess.masks import DEFAULT_THRESHOLD, postprocess
 
 def model_image_size(model: RefSegModel, meta: dict, default: int = 320) -> int:
     """The canvas size a model was trained at (checkpoint metadata or model config), else ``default``."""
-    return int(meta.get("image_size") or model.config.get("image_size") or default)
+    from refseg.limits import check_canvas_size
+
+    size = next((s for s in (meta.get("image_size"), model.config.get("image_size")) if s is not None), default)
+    return check_canvas_size(size)
 
 
 def model_threshold(meta: dict) -> float:
@@ -62,11 +65,13 @@ def evaluate(
     save_dir = Path(save_pred) if save_pred is not None else None
     if save_dir is not None:
         from refseg.errors import OutputError
+        from refseg.io import child_path, save_mask_png
 
         try:
             save_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create prediction folder {save_dir}: {exc.strerror}") from None
+        pred_paths = [child_path(save_dir, f"{sample.id}.png") for sample in samples]  # ids checked up front
     cached = feature_cache is not None
     dataset = RefDataset(samples, image_size, cached=cached, with_targets=True)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collator(model.tokenize))
@@ -87,9 +92,7 @@ def evaluate(
             if crf:
                 mask = _refine(prediction.prob, sample, threshold)
             if save_dir is not None:
-                from refseg.io import save_mask_png
-
-                save_mask_png(save_dir / f"{sample.id}.png", mask)
+                save_mask_png(pred_paths[index], mask)
             accumulator.add(mask, collated.targets[k], sample.sentence, sample.id)
         done += len(collated.indices)
         if on_progress is not None:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from refseg.data.masks import decode_mask
+from refseg.data.images import load_label_map
 from refseg.data.sample import RefSample
-from refseg.errors import ImageError, RefsegError
+from refseg.errors import RefsegError
+from refseg.io import child_path
 from refseg.models.text import split_words
 
 #: IoU thresholds of the precision metric (Hu et al. 2016, Table 1).
@@ -278,11 +278,7 @@ def render_summary(summary: dict[str, Any], title: str = "Segmentation metrics")
 
 def read_prediction_png(path: Path) -> np.ndarray:
     """A predicted mask PNG as boolean [H, W]: any non-zero value (palette index, grey, RGB) = target."""
-    try:
-        with Image.open(path) as im:
-            values = np.asarray(im.convert("RGB") if im.mode in ("RGBA", "LA", "PA") else im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"prediction {path} is not a readable PNG: {str(exc).splitlines()[0]}") from None
+    values = load_label_map(path, lambda im: np.asarray(im.convert("RGB") if im.mode in ("RGBA", "LA", "PA") else im))
     return values.any(axis=2) if values.ndim == 3 else values != 0
 
 
@@ -299,17 +295,14 @@ def score_prediction_dir(
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise RefsegError(f"prediction folder not found: {pred_dir}")
-    root = pred_dir.resolve()
     accumulator = MetricAccumulator(length_edges)
     for sample in samples:
-        path = pred_dir / f"{sample.id}.png"
-        if root not in path.resolve().parents:
-            raise RefsegError(f"sample id {sample.id!r} does not name a file inside {pred_dir}")
-        # decode_mask needs a size only for "no target", which is handled as None here
-        target = None if sample.mask is None else decode_mask(sample.mask, (0, 0))
+        path = child_path(pred_dir, f"{sample.id}.png")
+        photo = sample.image_shape()
+        target = None if sample.mask is None else sample.load_mask(photo)
         if path.exists():
             prediction = read_prediction_png(path)
-            expected = target.shape if target is not None else sample.load_image().shape[:2]
+            expected = photo
             if prediction.shape != expected:
                 raise MaskShapeError(
                     f"prediction {path} is {_size(prediction.shape)} but sample {sample.id} is "

@@ -40,13 +40,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 from refseg.config import Config, save_config, to_dict
 from refseg.data.dataset import Collator, FeatureCache, RefDataset, load_samples
 from refseg.data.sample import RefSample
-from refseg.errors import CheckpointError, ConfigError
+from refseg.errors import CheckpointError, ConfigError, TrainingError
 from refseg.models.base import Batch, RefSegModel, create_model
 from refseg.models.losses import distractor_logistic, soft_iou
 
 LAST_MODEL = "last.safetensors"
 LAST_STATE = "last_state.pt"
 BEST_MODEL = "best.safetensors"
+#: Config keys a resumed run may change: they do not change what the run computes.
+#: The budget (epochs, iterations) may grow: the run goes on to the new one.
+RESUMABLE_KEYS = frozenset({"train.out_dir", "train.device", "train.workers", "train.progress",
+                            "train.log_every", "train.checkpoint_every", "train.epochs", "train.iterations"})
 
 
 # --------------------------------------------------------------------------- process setup
@@ -356,6 +360,8 @@ class Trainer:
                 f"run folder {self.out_dir} already has a run: pass --resume {self.out_dir} "
                 "or choose another train.out_dir=..."
             )
+        if self.resume_state is not None:
+            self._check_resumed_config()
 
     def _prepare_out_dir(self) -> None:
         """Create the run folder and write config.yaml, once the data and the model have loaded."""
@@ -457,6 +463,8 @@ class Trainer:
                     batch = batch.to(rt.device)
                     with rt.autocast():
                         loss, logits = step_module(batch)
+                    if _diverged(loss, rt.world):
+                        raise self._divergence(f"at step {step + 1}: the loss is {float(loss.detach()):g}")
                     optimizer.zero_grad(set_to_none=True)
                     if loss.requires_grad:  # False for models with nothing to train (whole_image)
                         scaler.scale(loss).backward()
@@ -601,6 +609,9 @@ class Trainer:
         return bar()
 
     def _save(self, model, optimizer, scheduler, scaler, epoch, skip, step, best, metrics, improved) -> None:
+        # every process checks (DDP keeps the weights identical), so that all of them stop together
+        if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
+            raise self._divergence(f"by step {step}: the weights are no longer finite")
         if not self.runtime.is_main:
             return
         from refseg.engine.checkpoint import save_model, save_training_state, saved_tensors
@@ -621,6 +632,14 @@ class Trainer:
             "model": saved_tensors(model),
         })
 
+    def _divergence(self, what: str) -> TrainingError:
+        """The one-line error of a run whose loss or weights stopped being finite (nothing is saved after it)."""
+        kept = (f"the checkpoints in {self.out_dir} keep the last finite weights"
+                if (self.out_dir / LAST_MODEL).exists() else "no checkpoint was written")
+        return TrainingError(
+            f"training diverged {what}; lower train.lr (now {self.config.train.lr:g}) or set train.grad_clip; {kept}"
+        )
+
     def _saved_model(self) -> RefSegModel:
         """The model of the run being resumed (its config, vocabulary and weights)."""
         from refseg.engine.checkpoint import load_model
@@ -631,20 +650,72 @@ class Trainer:
             raise CheckpointError(f"cannot resume a {model.name} run with model {self.config.model.name}")
         return model.train()
 
+    def _check_resumed_config(self) -> None:
+        """Refuse to resume with a config that differs from the run's outside :data:`RESUMABLE_KEYS`
+        (checked before config.yaml is rewritten, so that it keeps describing the run)."""
+        from refseg.engine.checkpoint import read_header
+
+        saved = read_header(self.resume_state.with_name(LAST_MODEL))["meta"].get("train_config")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"cannot resume {self.out_dir}: its {LAST_MODEL} does not record the config of the run")
+        changed = config_changes(saved, to_dict(self.config))
+        if changed:
+            raise ConfigError(
+                f"cannot resume {self.out_dir} with a changed config: {'; '.join(changed[:4])}"
+                f"{f' (and {len(changed) - 4} more)' if len(changed) > 4 else ''}; resume with the run's own "
+                f"config ({self.out_dir / 'config.yaml'}) or start a new run"
+            )
+
     def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, int, int, float]:
-        from refseg.engine.checkpoint import load_training_state
+        from refseg.engine.checkpoint import check_tensors, load_training_state
 
         state = load_training_state(self.resume_state)
+        if "model" in state:
+            check_tensors(self.resume_state, model, state["model"], f"does not belong to the run in {self.out_dir}")
         try:
             optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{self.resume_state} does not match this config: {str(exc).splitlines()[0]}") from None
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            counters = int(state["epoch"]), int(state["skip_batches"]), int(state["step"]), float(state["best"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(
+                f"{self.resume_state} does not belong to the run in {self.out_dir}: {str(exc).splitlines()[0]}"
+            ) from None
         if "model" in state:
             model.load_state_dict(state["model"], strict=False)
-        return int(state["epoch"]), int(state["skip_batches"]), int(state["step"]), float(state["best"])
+        return counters
+
+
+def _diverged(loss: Tensor, world: int) -> bool:
+    """Whether the loss of any process is NaN or infinite (all processes agree, so all stop)."""
+    bad = (~torch.isfinite(loss.detach().float())).float().reshape(1)
+    if world > 1:
+        dist.all_reduce(bad)
+    return bool(bad.item() > 0)
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for each dotted config key that differs, outside :data:`RESUMABLE_KEYS`."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted((old.keys() | new.keys()) - RESUMABLE_KEYS)
+    return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 #: Models trained stage by stage: model name → module with ``fit(model, samples, size, stages, lr, seed, log)``.

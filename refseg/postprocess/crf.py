@@ -8,11 +8,14 @@ mask snaps to colour edges of the photo. Uses :mod:`pydensecrf` from ``pydensecr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
 from refseg.extras import require
+from refseg.limits import CRF_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -36,16 +39,34 @@ def densecrf_module():
     return dcrf
 
 
-def refine(prob: np.ndarray, rgb: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+def refine(
+    prob: np.ndarray, rgb: np.ndarray, params: CRFParams = CRFParams(), max_pixels: int = CRF_MAX_PIXELS
+) -> np.ndarray:
     """Refine a target probability map [H, W] with the photo ``rgb`` uint8 [H, W, 3].
 
     Returns the CRF marginal of the target label, float32 [H, W] in [0, 1]; threshold it
-    at 0.5 for the refined mask.
+    at 0.5 for the refined mask. Memory and time grow with the pixel count (about 250 bytes a
+    pixel), so a photo over ``max_pixels`` is refined on a copy downscaled to ``max_pixels``
+    (the bilateral kernel's width scaled alike) and the marginal is resized back to H x W.
     """
-    dcrf = densecrf_module()
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2 or rgb.shape[:2] != prob.shape or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"prob [H, W] and rgb [H, W, 3] must agree, got {prob.shape} and {rgb.shape}")
+    h, w = prob.shape
+    if h * w <= max_pixels:
+        return _dense_crf(prob, rgb, params)
+    scale = math.sqrt(max_pixels / (h * w))
+    small = (max(1, int(w * scale)), max(1, int(h * scale)))  # PIL order: width, height
+    marginal = _dense_crf(
+        np.asarray(Image.fromarray(prob).resize(small, Image.BILINEAR)),
+        np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).resize(small, Image.BILINEAR)),
+        replace(params, appearance_sxy=params.appearance_sxy * scale),  # the 1-pixel smoothness kernel stays 1 pixel
+    )
+    return np.asarray(Image.fromarray(marginal).resize((w, h), Image.BILINEAR), dtype=np.float32)
+
+
+def _dense_crf(prob: np.ndarray, rgb: np.ndarray, params: CRFParams) -> np.ndarray:
+    dcrf = densecrf_module()
     h, w = prob.shape
     p = np.clip(prob, params.clip, 1.0 - params.clip)
     unary = -np.log(np.stack([1.0 - p, p]).reshape(2, -1))

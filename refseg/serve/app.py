@@ -9,8 +9,11 @@ FastAPI's ``TestClient`` and ``refseg serve`` runs it under uvicorn. Robustness 
 * empty, too long or too many expressions, and undecodable images → 422;
 * at most ``limits.queue_size`` requests are admitted at once (running + waiting);
   more get 503 with ``Retry-After`` instead of piling up memory;
+* a request must send its whole body within ``limits.read_timeout_s`` → 408, so slow uploads
+  free their slot;
 * inference runs on one dedicated worker thread, never on the event loop, one request
-  at a time (torch already uses every core for one forward pass).
+  at a time (torch already uses every core for one forward pass); a request whose client has
+  gone by its turn is skipped, and a client that disconnects mid-upload is one log line.
 
 Every error is JSON ``{"error": <kind>, "detail": <one-line message>}``.
 """
@@ -33,6 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from refseg.data.images import load_image
 from refseg.data.masks import encode_rle
@@ -46,11 +50,14 @@ log = logging.getLogger("refseg.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Candidates listed per result in JSON answers (best first).
 MAX_CANDIDATES = 5
+#: Status logged for requests whose client went away (nginx's convention; nobody receives it).
+_CLIENT_GONE = 499
 
 _ERROR_KINDS = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     413: "too_large",
     422: "invalid_input",
     500: "internal_error",
@@ -103,6 +110,7 @@ def create_app(
     limits = limits or ServerLimits()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refseg-inference")
     admitted = 0  # requests inside /segment; only touched on the event loop thread
+    turn = asyncio.Lock()  # one request computes at a time; the others wait here, on the loop
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -116,7 +124,12 @@ def create_app(
         docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN; the page must work offline
         redoc_url=None,
     )
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes, read_timeout_s=limits.read_timeout_s)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        log.info("client disconnected during its upload to %s", request.url.path)
+        return Response(status_code=_CLIENT_GONE)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -155,9 +168,13 @@ def create_app(
             form = await request.form(max_files=1, max_fields=limits.max_texts + 8)
             image_bytes, texts, threshold, want_heatmap = await _read_form(form, limits)
             as_json = "application/json" in request.headers.get("accept", "")
-            return await asyncio.get_running_loop().run_in_executor(
-                worker, _respond, segmenter, image_bytes, texts, threshold, want_heatmap, as_json, limits.max_pixels
-            )
+            async with turn:
+                if await request.is_disconnected():  # abandoned while it waited: nobody would read the answer
+                    log.info("client gone before its turn; request skipped")
+                    return Response(status_code=_CLIENT_GONE)
+                return await asyncio.get_running_loop().run_in_executor(
+                    worker, _respond, segmenter, image_bytes, texts, threshold, want_heatmap, as_json, limits.max_pixels
+                )
         finally:
             admitted -= 1
 
@@ -185,16 +202,18 @@ def create_app(
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` with a JSON 413.
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with a JSON 413, and bodies
+    that take longer than ``read_timeout_s`` to arrive with a JSON 408.
 
     A declared ``Content-Length`` over the limit is refused before any byte is read; bodies
     without one (chunked) are counted while the app reads them. Starlette's own body-limit
     middleware answers in plain text, which would break the JSON error contract.
     """
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, read_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -206,12 +225,20 @@ class _BodyLimit:
             await _error(413, message)(scope, receive, send)
             return
         received = 0
+        deadline = time.monotonic() + self.read_timeout_s
+        body_done = False
 
         async def counting_receive():
-            nonlocal received
-            event = await receive()
+            nonlocal received, body_done
+            if body_done:  # e.g. waiting for a disconnect: no deadline
+                return await receive()
+            try:
+                event = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise _InputError(408, f"upload not complete after {self.read_timeout_s:g} s") from None
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
+                body_done = not event.get("more_body", False)
                 if received > self.max_bytes:
                     raise _InputError(413, message)
             return event

@@ -163,9 +163,9 @@ def test_photo_lists_must_exist_and_name_image_ids(tmp_path):
     (tmp_path / "dev.jsonl").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match=r"dev.jsonl: cannot read the photo list \(UnicodeDecodeError\)"):
         read_image_ids(tmp_path / "dev.jsonl")
-    for bad, line in (("{oops\n", 1), ('{"image_id": 1}\n[1]\n', 2)):
+    for bad, message in (("{oops\n", "1: not valid JSON"), ('{"image_id": 1}\n[1]\n', "2: not a JSON object")):
         (tmp_path / "dev.jsonl").write_text(bad)
-        with pytest.raises(ConfigError, match=rf"dev.jsonl:{line}: not a JSON object"):
+        with pytest.raises(ConfigError, match=rf"dev.jsonl:{message}"):
             read_image_ids(tmp_path / "dev.jsonl")
 
 

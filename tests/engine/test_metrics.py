@@ -198,7 +198,7 @@ def test_score_prediction_dir_errors(tmp_path):
     with pytest.raises(MaskShapeError, match="8x6"):
         score_prediction_dir([sample], preds)
     (preds / "s.png").write_bytes(b"not a png")
-    with pytest.raises(ImageError, match="not a readable PNG"):
+    with pytest.raises(ImageError, match="not a readable image"):
         score_prediction_dir([sample], preds)
     with pytest.raises(RefsegError, match="not found"):
         score_prediction_dir([sample], tmp_path / "nope")

@@ -78,7 +78,10 @@ def test_cli_resume_from_a_state_with_code_exits_2_without_running_it(cli, tmp_p
         """))
     run = tmp_path / "run"
     run.mkdir()
-    save_model(run / "last.safetensors", create_model("lstm_cnn", vocab=["red"], hidden=8, classifier=8))
+    from refseg.config import load_config, to_dict
+
+    save_model(run / "last.safetensors", create_model("lstm_cnn", vocab=["red"], hidden=8, classifier=8),
+               {"train_config": to_dict(load_config(config))})
     marker = tmp_path / "pwned"
     malicious_state(run / "last_state.pt", marker)
     code, _, err = cli("train", config, "--resume", run)
