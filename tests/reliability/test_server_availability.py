@@ -29,7 +29,7 @@ BOUNDARY = "refseg-test-boundary"
 
 class _Prediction:
     def __init__(self, text: str, shape: tuple[int, int]) -> None:
-        self.text, self.tokens, self.score = text, text.split(), 0.9
+        self.text, self.tokens, self.confidence, self.empty = text, text.split(), 0.9, False
         self.mask = np.ones(shape, dtype=bool)
         self.prob = np.full(shape, 0.9, dtype=np.float32)
 
