@@ -129,6 +129,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     best_metric: Literal["mean_iou", "overall_iou"] = "mean_iou"
     low_res_epochs: int = 0  # two-stage schedule (paper 1 §4.2): low-res loss for N epochs
+    stage_restart: bool = False  # the high-res stage starts a fresh schedule and optimiser state (a new fine-tuning run)
     log_every: int = 10  # steps between CSV rows
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at the end of each epoch only)
     progress: bool = True
