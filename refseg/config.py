@@ -106,11 +106,11 @@ class TrainConfig:
     """Optimisation, budget, logging and checkpoints."""
 
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = 2.5e-4  # paper 3 §4.1 (Adam 0.00025, weight decay 0.0005)
+    lr: float = 2.5e-4  # paper 3 §4.2 (Adam 0.00025, weight decay 0.0005)
     momentum: float = 0.9  # SGD with momentum (paper 1 §3.3)
     weight_decay: float = 5e-4
     backbone_lr_scale: float = 0.1  # learning-rate multiplier for backbone parameters that train
-    schedule: Literal["poly", "constant", "step"] = "poly"  # poly: paper 4 §4.2
+    schedule: Literal["poly", "constant", "step"] = "poly"  # poly: paper 4 §3.6
     poly_power: float = 0.9
     step_every: int = 10  # epochs between decays (schedule=step)
     step_gamma: float = 0.1

@@ -166,7 +166,7 @@ def set_stage(model: RefSegModel, stage: str) -> None:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.1) over trainable parameters.
+    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.2) over trainable parameters.
 
     Trainable backbone parameters (fine-tuning) form a second group at ``lr * backbone_lr_scale``;
     the first group, whose rate the log reports, holds everything else."""
@@ -188,7 +188,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def lr_factor(config: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then poly (paper 4 §4.2), step or constant.
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly (paper 4 §3.6), step or constant.
     With ``stage_restart`` each stage of the two-stage schedule runs the schedule over its own steps."""
     t = config.train
     switch = t.low_res_epochs * steps_per_epoch
