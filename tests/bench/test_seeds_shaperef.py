@@ -34,3 +34,10 @@ def test_every_model_gets_its_row_in_every_table_without_rmi():
 def test_rmi_gain_row_compares_with_lstm_cnn():
     markdown = render({"lstm_cnn": _result(0.4), "rmi": _result(0.5)}, META)
     assert "| RMI relative gain over LSTM-CNN | +25.0 % | +25.0 % |" in markdown
+
+
+def test_rmi_gain_row_compares_with_its_own_baseline_when_present():
+    """Paper 3's claim is RMI over R+LSTM (same features), not over paper 1's model."""
+    markdown = render({"lstm_cnn": _result(0.4), "rmi_baseline": _result(0.25), "rmi": _result(0.5)}, META)
+    assert "| RMI relative gain over R+LSTM | +100.0 % | +100.0 % |" in markdown
+    assert "gain over LSTM-CNN" not in markdown
