@@ -106,11 +106,11 @@ class TrainConfig:
     """Optimisation, budget, logging and checkpoints."""
 
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = 2.5e-4  # paper 3 §4.1 (Adam 0.00025, weight decay 0.0005)
+    lr: float = 2.5e-4  # paper 3 §4.2 (Adam 0.00025, weight decay 0.0005)
     momentum: float = 0.9  # SGD with momentum (paper 1 §3.3)
     weight_decay: float = 5e-4
     backbone_lr_scale: float = 0.1  # learning-rate multiplier for backbone parameters that train
-    schedule: Literal["poly", "constant", "step"] = "poly"  # poly: paper 4 §4.2
+    schedule: Literal["poly", "constant", "step"] = "poly"  # poly: paper 4 §3.6
     poly_power: float = 0.9
     step_every: int = 10  # epochs between decays (schedule=step)
     step_gamma: float = 0.1
@@ -129,6 +129,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     best_metric: Literal["mean_iou", "overall_iou"] = "mean_iou"
     low_res_epochs: int = 0  # two-stage schedule (paper 1 §4.2): low-res loss for N epochs
+    stage_restart: bool = False  # the high-res stage starts a fresh schedule and optimiser state (a new fine-tuning run)
     log_every: int = 10  # steps between CSV rows
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at the end of each epoch only)
     progress: bool = True

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,10 +92,28 @@ def read_spec(spec: "DatasetSpec", path: Path | None) -> list[RefSample]:
 
         return read_manifest(path, split=spec.split or None)
     if spec.kind == "refer":
-        from refseg.data.refer import load_refer
-
-        return load_refer(path, spec.dataset, spec.split_by, spec.split, images=spec.images or None)
+        return _refer_samples(spec, path)
     return _synthesized_samples(spec, path)
+
+
+def _refer_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
+    """Refer samples. Those on COCO photos (not refclef, whose categories are ReferIt's) carry the
+    category supervision of synthesized data: the ref's category and every annotated region of the
+    photo (paper 2 §2.3 trains its category branch on COCO's labels of the same photos)."""
+    from refseg.data.refer import ReferDataset
+
+    refer = ReferDataset(root, spec.dataset, spec.split_by, images=spec.images or None)
+    samples = refer.samples(spec.split)
+    if spec.dataset == "refclef":
+        return samples
+    regions: dict[int, list[tuple[int, dict]]] = {}
+    for sample in samples:
+        image_id = int(sample.image_id)
+        if image_id not in regions:
+            regions[image_id] = category_regions(refer.image_regions(image_id), spec.kind)
+        sample.meta[CATEGORY_REGIONS] = regions[image_id]  # one list shared by the photo's samples
+        sample.meta[TARGET_CATEGORY] = segmentation_label(sample.meta["category_id"], spec.kind)
+    return samples
 
 
 def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
@@ -115,7 +133,7 @@ def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
             for k, expression in enumerate(ground_captions(item.captions, item.regions)):
                 regions = [by_id[i] for i in expression.region_ids]
                 part.append(region_sample(item, f"cap{k}", expression.text, regions, expression.kind))
-        labelled = category_regions(item.regions, spec.kind)
+        labelled = category_regions(((r.category_id, r.mask) for r in item.regions), spec.kind)
         label_of = {r.id: segmentation_label(r.category_id, spec.kind) for r in item.regions}
         for sample in part:
             sample.meta[CATEGORY_REGIONS] = labelled  # one list shared by the photo's samples
@@ -142,15 +160,16 @@ def segmentation_label(category_id: int, kind: str) -> int:
     return COCO_ID_TO_SEGMENTATION.get(category_id, -1)
 
 
-def category_regions(regions: list, kind: str) -> list[tuple[int, dict]]:
-    """Per-region category labels (COCO ids or CamVid classes → segmentation label space) + RLE."""
+def category_regions(regions: Iterable[tuple[int, Any]], kind: str) -> list[tuple[int, dict]]:
+    """(category id, bool mask or RLE) pairs → (label in the segmentation label space, RLE) for the
+    regions whose category is in that space (COCO ids, or CamVid classes for ``kind="camvid"``)."""
     from refseg.data.masks import encode_rle
 
     out = []
-    for region in regions:
-        label = segmentation_label(region.category_id, kind)
+    for category_id, mask in regions:
+        label = segmentation_label(category_id, kind)
         if label >= 0:
-            out.append((label, encode_rle(region.mask)))
+            out.append((label, mask if isinstance(mask, dict) else encode_rle(mask)))
     return out
 
 

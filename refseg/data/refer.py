@@ -108,6 +108,9 @@ class ReferDataset:
         check_coco(instances, f"refer instances file {data_dir / 'instances.json'}")
         self.images = {int(im["id"]): im for im in instances.get("images", [])}
         self.annotations = {int(a["id"]): a for a in instances.get("annotations", [])}
+        self.image_annotations: dict[int, list[dict]] = {}
+        for ann in self.annotations.values():
+            self.image_annotations.setdefault(int(ann["image_id"]), []).append(ann)
         self.categories = {int(c["id"]): c["name"] for c in instances.get("categories", [])}
         default_images = "images/saiapr_tc-12" if dataset == "refclef" else "images/mscoco/images/train2014"
         self.image_dir = Path(images) if images else self.root / default_images
@@ -155,11 +158,22 @@ class ReferDataset:
                         "ann_id": ref["ann_id"],
                         "sent_id": sentence["sent_id"],
                         "category": self.categories.get(int(ref["category_id"]), str(ref["category_id"])),
+                        "category_id": int(ref["category_id"]),
                         "raw": sentence.get("raw", text),
                     },
                 )
             )
         return samples
+
+    def image_regions(self, image_id: int) -> list[tuple[int, dict]]:
+        """(category id, RLE) of every annotation of a photo in ``instances.json``."""
+        image = self.images[image_id]
+        h, w = int(image["height"]), int(image["width"])
+        try:
+            annotations = self.image_annotations.get(image_id, [])
+            return [(int(a["category_id"]), segmentation_rle(a["segmentation"], h, w)) for a in annotations]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: malformed annotation of image {image_id}: {exc!r}") from None
 
     def _image_and_mask(self, ref: dict) -> tuple[Path, dict]:
         image = self.images.get(int(ref["image_id"]))

@@ -170,7 +170,7 @@ def set_stage(model: RefSegModel, stage: str) -> None:
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.1) over trainable parameters.
+    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.2) over trainable parameters.
 
     Trainable backbone parameters (fine-tuning) form a second group at ``lr * backbone_lr_scale``;
     the first group, whose rate the log reports, holds everything else."""
@@ -192,8 +192,12 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def lr_factor(config: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then poly (paper 4 §4.2), step or constant."""
+    """Learning-rate multiplier at ``step``: linear warm-up, then poly (paper 4 §3.6), step or constant.
+    With ``stage_restart`` each stage of the two-stage schedule runs the schedule over its own steps."""
     t = config.train
+    switch = t.low_res_epochs * steps_per_epoch
+    if t.stage_restart and 0 < switch < total_steps:
+        step, total_steps = (step, switch) if step < switch else (step - switch, total_steps - switch)
     if t.warmup_steps and step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.schedule == "poly":
@@ -444,6 +448,8 @@ class Trainer:
             dataset.set_epoch(epoch)
             if two_stage:
                 set_stage(model, "low" if epoch < cfg.train.low_res_epochs else "high")
+                if cfg.train.stage_restart and epoch == cfg.train.low_res_epochs and not skip_batches:
+                    optimizer.state.clear()  # no momentum / Adam moments carried into the new stage
             indices = list(sampler)[skip_batches * cfg.train.batch_size :]
             loader = DataLoader(
                 dataset, batch_size=cfg.train.batch_size, sampler=indices, collate_fn=collate,

@@ -5,6 +5,7 @@ from refseg.models import instance_ref  # noqa: F401
 from refseg.models import lstm_cnn  # noqa: F401
 from refseg.models import lstm_cnn_plus  # noqa: F401
 from refseg.models import rmi  # noqa: F401
+from refseg.models import rmi_baseline  # noqa: F401
 from refseg.models import step  # noqa: F401
 
 __all__ = ["Batch", "ModelOutput", "RefSegModel", "create_model", "list_models", "register"]

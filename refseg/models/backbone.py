@@ -33,8 +33,9 @@ BACKBONES: dict[str, tuple[str, str, str]] = {
 #: the COCO detector's MobileNetV2 (refseg.models.detector)
 COCO_MOBILENET = "mobilenet_v2_coco"
 OUTPUT_STRIDES = (8, 16, 32)
-#: what the stride-32 tap is: the 1280-d head conv output, or the last MBConv block (320-d)
-LAST_TAPS = ("head", "block")
+#: what the stride-32 tap is: the 1280-d head conv output, the last MBConv block (320-d), or the
+#: ImageNet class scores at every location (1000-d, the fc8 of paper 1 §3.1)
+LAST_TAPS = ("head", "block", "classes")
 
 
 def weights_path(name: str) -> Path:
@@ -104,12 +105,14 @@ class Backbone(FrozenParts):
     ``forward(images)`` returns four taps at strides ``self.strides`` (4, 8, 16, 32 for
     ``output_stride=32``; the last ones become 16 or 8 when dilated) with
     ``self.channels`` channels. The last tap is the 1280-d head output (``last="head"``,
-    ImageNet-classifier ready) or the last MBConv block (``last="block"``, 320-d for lite0).
+    ImageNet-classifier ready), the last MBConv block (``last="block"``, 320-d for lite0) or the
+    1000 ImageNet class scores at every location (``last="classes"``: the classifier as a 1x1
+    convolution, like VGG's fc8 in paper 1 §3.1).
     With ``freeze=True`` every parameter is frozen and batch norm stays in eval mode.
     ``trainable_stages=N`` (with ``freeze=True``) fine-tunes only the last N of the four
     stages (1: the stride-32 blocks and the head conv; 4: everything after the stem) while
     batch norm keeps its ImageNet statistics, as small batches would make them noisy.
-    The ImageNet classifier itself stays frozen.
+    The ImageNet classifier itself stays frozen unless it produces the last tap.
     """
 
     def __init__(
@@ -137,9 +140,10 @@ class Backbone(FrozenParts):
         self._tap_blocks = self._dilate_and_find_taps(output_stride)
         block_channels = [self.net._blocks[i]._block_args.output_filters for i in self._tap_blocks]
         self.head_channels: int = self.net._conv_head.out_channels
-        self.channels: list[int] = block_channels[:3] + [self.head_channels if last == "head" else block_channels[3]]
-        self.strides: list[int] = [min(s, output_stride) for s in (4, 8, 16, 32)]
         self.num_classes: int = self.net._fc.out_features
+        last_channels = {"head": self.head_channels, "block": block_channels[3], "classes": self.num_classes}
+        self.channels: list[int] = block_channels[:3] + [last_channels[last]]
+        self.strides: list[int] = [min(s, output_stride) for s in (4, 8, 16, 32)]
         self._freeze(freeze, trainable_stages)
 
     def _stage_modules(self, stages: int) -> list[nn.Module]:
@@ -147,7 +151,8 @@ class Backbone(FrozenParts):
         if stages == 0:
             return []
         first = 0 if stages == 4 else self._tap_blocks[3 - stages] + 1
-        return [*self.net._blocks[first:], self.net._conv_head, self.net._bn1]
+        classifier = [self.net._fc] if self.last == "classes" else []
+        return [*self.net._blocks[first:], self.net._conv_head, self.net._bn1, *classifier]
 
     def _dilate_and_find_taps(self, output_stride: int) -> list[int]:
         """Replace strides beyond ``output_stride`` by dilation; return the block index
@@ -179,8 +184,10 @@ class Backbone(FrozenParts):
             x = block(x)
             if i in tap_set:
                 taps.append(x)
-        if self.last == "head":
+        if self.last != "block":
             taps[-1] = self.head(taps[-1])
+        if self.last == "classes":
+            taps[-1] = self.classify(taps[-1])
         return taps
 
     def head(self, block_output: Tensor) -> Tensor:
@@ -191,14 +198,21 @@ class Backbone(FrozenParts):
     def imagenet_logits(self, last_feature_map: Tensor) -> Tensor:
         """ImageNet classifier at every location: [B, C, h, w] → [B, 1000, h, w].
 
-        Accepts the last tap either way (block output → head first). Average-pooling the
-        result gives the network's image-level logits, since the FC layer is linear.
+        Accepts the last tap whatever ``last`` is (block output → head first; class scores are
+        returned as they are). Average-pooling the result gives the network's image-level logits,
+        since the FC layer is linear.
         """
         x = last_feature_map
+        if self.last == "classes":
+            return x
         if x.shape[1] == self.net._conv_head.in_channels:
             x = self.head(x)
+        return self.classify(x)
+
+    def classify(self, head_output: Tensor) -> Tensor:
+        """The ImageNet FC layer as a 1x1 convolution: [B, 1280, h, w] → [B, 1000, h, w]."""
         fc = self.net._fc
-        return F.conv2d(x, fc.weight[:, :, None, None], fc.bias)
+        return F.conv2d(head_output, fc.weight[:, :, None, None], fc.bias)
 
 
 class CocoMobileNetV2(FrozenParts):

@@ -62,6 +62,9 @@ class LstmCnnPlus(ImageTextModel):
     ``context`` adds 3x3 context layers and ``text_coords`` expression-dependent coordinate
     weights to the main branch's classifier (:class:`LstmCnnHead`).
 
+    ``freeze_embedding`` defaults to fixed GloVe vectors and trained ``embedding="learned"`` ones
+    (the ablation of paper 2 Table 1).
+
     ``feature_dropout`` drops backbone feature entries in training, before both branches: with a few
     hundred photos the heads otherwise memorise the frozen features of the training photos.
 
@@ -88,10 +91,12 @@ class LstmCnnPlus(ImageTextModel):
         feature_dropout: float = 0.0,
         alpha_init: float = 0.7,
         embedding: str = "glove_full",
-        freeze_embedding: bool = True,
+        freeze_embedding: bool | None = None,
         **shared: Any,
     ) -> None:
         check_stage(stage)
+        if freeze_embedding is None:  # GloVe vectors stay fixed (§2.1); random ones must learn
+            freeze_embedding = embedding != "learned"
         if category_source not in CATEGORY_SOURCES:
             raise ConfigError(f"category_source must be one of {CATEGORY_SOURCES}, got {category_source!r}")
         if category_text not in CATEGORY_TEXT:

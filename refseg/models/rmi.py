@@ -32,14 +32,10 @@ from refseg.models.text import DEFAULT_MAX_LEN
 FOREGROUND_PRIOR_LOGIT = -2.0
 
 
-@register("rmi")
-class RMI(ImageTextModel):
-    """Recurrent multimodal interaction model (paper 3 §3.3, Fig. 3).
-
-    Defaults are sized for CPU training; the paper's widths are ``visual_dim=1000,
-    hidden=1000, embedding="learned", embed_dim=1000, mlstm_hidden=500`` (§4.2, D_I = D_S =
-    1000, mLSTM cell 500) with the visual features at output stride 8 (atrous, §3.2).
-    """
+class RMIFeatures(ImageTextModel):
+    """What RMI shares with its R+LSTM baseline (paper 3 §3.2): the language LSTM, the deepest
+    backbone tap through a learned 1x1 projection to ``visual_dim`` (D_I) with the 8-d spatial
+    coordinates, and the logistic loss at feature resolution (eq. 6)."""
 
     def __init__(
         self,
@@ -49,7 +45,6 @@ class RMI(ImageTextModel):
         embedding: str = "glove",
         hidden: int = 256,
         visual_dim: int = 256,
-        mlstm_hidden: int = 128,
         max_len: int = DEFAULT_MAX_LEN,
         **shared: Any,
     ) -> None:
@@ -61,10 +56,34 @@ class RMI(ImageTextModel):
             hidden=hidden,
             max_len=max_len,
             visual_dim=visual_dim,
-            mlstm_hidden=mlstm_hidden,
             **shared,
         )
         self.visual = nn.Conv2d(self.backbone.channels[-1], visual_dim, kernel_size=1)
+
+    def encode_image(self, images: Tensor) -> list[Tensor]:
+        """Only the deepest tap is used (and cached)."""
+        return self.backbone(images)[-1:]
+
+    def spatial_features(self, batch: Batch) -> Tensor:
+        """v_ij ∈ R^{D_I + 8}: projected visual features and spatial coordinates [B, D_I + 8, h, w]."""
+        return add_coords(self.visual(self.image_features(batch)[-1]), "8d")
+
+    def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """Logistic loss at feature resolution (eq. 6), padding pixels excluded."""
+        return bce(out.logits, batch.masks, batch.valid)
+
+
+@register("rmi")
+class RMI(RMIFeatures):
+    """Recurrent multimodal interaction model (paper 3 §3.3, Fig. 3).
+
+    Defaults are sized for CPU training; the paper's widths are ``visual_dim=1000,
+    hidden=1000, embedding="learned", embed_dim=1000, mlstm_hidden=500`` (§4.2, D_I = D_S =
+    1000, mLSTM cell 500) with the visual features at output stride 8 (atrous, §3.2).
+    """
+
+    def __init__(self, visual_dim: int = 256, mlstm_hidden: int = 128, **shared: Any) -> None:
+        super().__init__(visual_dim=visual_dim, mlstm_hidden=mlstm_hidden, **shared)
         # The mLSTM's 1x1 convolution over [l_t; v_ij] (eq. 7) is split into its visual part (the
         # cell's input convolution, applied once per image) and its language part (per word).
         self.mlstm = ConvLSTMCell(visual_dim + 8, mlstm_hidden, kernel_size=1)
@@ -72,17 +91,11 @@ class RMI(ImageTextModel):
         self.head = nn.Conv2d(mlstm_hidden, 1, kernel_size=1)
         nn.init.constant_(self.head.bias, FOREGROUND_PRIOR_LOGIT)
 
-    def encode_image(self, images: Tensor) -> list[Tensor]:
-        """Only the deepest tap is used (and cached)."""
-        return self.backbone(images)[-1:]
-
     def forward(self, batch: Batch) -> ModelOutput:
-        visual = self.image_features(batch)[-1]
-        visual = add_coords(self.visual(visual), "8d")  # v_ij ∈ R^{D_I + 8}
-        visual_gates = self.mlstm.input_gates(visual)
+        visual_gates = self.mlstm.input_gates(self.spatial_features(batch))
         text = self.encode_text(batch)
         word_gates = self.word_gates(torch.cat([text.words, text.embeddings], dim=-1))  # l_t = [h_t; w_t]
-        state = self.mlstm.initial_state(visual)
+        state = self.mlstm.initial_state(visual_gates)
         word_maps = []
         for t in range(word_gates.shape[1]):
             gates = visual_gates + word_gates[:, t, :, None, None]
@@ -90,7 +103,3 @@ class RMI(ImageTextModel):
             word_maps.append(self.head(state[0]))
         maps = torch.cat(word_maps, dim=1)  # [B, T, h, w]
         return ModelOutput(logits=maps[:, -1:], extras={"word_maps": maps})
-
-    def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
-        """Logistic loss at feature resolution (eq. 6), padding pixels excluded."""
-        return bce(out.logits, batch.masks, batch.valid)

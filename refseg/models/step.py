@@ -23,7 +23,9 @@ filters), 8 for the paper's 40x40 at 320 px.
 
 Choices where the paper is silent or gives options: the first step uses a uniform heatmap
 (the paper's "ini-LTR-uniform", reported as equivalent) so every step has a word attention;
-the ConvGRU input is the one-channel ``Q_t``; the atrous convolutions map each level to a
+the ConvGRU input is the one-channel ``Q_t`` by default; §3.5 sets its input channels to
+c = 3 without naming them, and ``gru_channels=3`` reads them as [Q_t; P_{t-1}; ℓ_t / 4] (the
+evidence of this step, the belief it refines, and which level the evidence comes from); the atrous convolutions map each level to a
 common width, so ``φ`` and the attention projection are shared by the levels; the attention
 scores are scaled by 1/sqrt(width) (scaled dot product); the loss is the logistic loss of the
 logits upsampled to the canvas (eq. 10-11). The output bias starts at a background prior
@@ -48,6 +50,8 @@ from refseg.models.recurrent import ConvGRUCell
 from refseg.models.text import DEFAULT_MAX_LEN
 
 LEVELS = 5
+#: ConvGRU input channels: Q_t alone, or [Q_t; P_{t-1}; level] (see the module docstring)
+GRU_CHANNELS = (1, 3)
 #: initial output logit (most pixels are background), see the module docstring
 FOREGROUND_PRIOR_LOGIT = -2.0
 
@@ -58,7 +62,7 @@ class STEP(ImageTextModel):
 
     Defaults are sized for CPU training; the paper's widths are ``hidden=1000`` (biLSTM cell),
     ``visual_dim`` = the raw level width, ``attention_dim=400`` (eq. 1 projections),
-    ``embed_space_dim=1000`` (eq. 2-3), ``gru_hidden=32`` and ``folds`` 1 to 5.
+    ``embed_space_dim=1000`` (eq. 2-3), ``gru_hidden=32``, ``gru_channels=3`` (§3.5) and ``folds`` 1 to 5.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class STEP(ImageTextModel):
         attention_dim: int = 128,
         embed_space_dim: int = 128,
         gru_hidden: int = 32,
+        gru_channels: int = 1,
         folds: int = 1,
         grid_stride: int = 4,
         max_len: int = DEFAULT_MAX_LEN,
@@ -80,6 +85,8 @@ class STEP(ImageTextModel):
     ) -> None:
         if folds < 1:
             raise ConfigError(f"folds must be >= 1, got {folds}")
+        if gru_channels not in GRU_CHANNELS:
+            raise ConfigError(f"gru_channels must be one of {GRU_CHANNELS}, got {gru_channels}")
         if backbone_last != "block":
             raise ConfigError("step uses both the last block and the head of the backbone: backbone_last='block'")
         super().__init__(
@@ -94,6 +101,7 @@ class STEP(ImageTextModel):
             attention_dim=attention_dim,
             embed_space_dim=embed_space_dim,
             gru_hidden=gru_hidden,
+            gru_channels=gru_channels,
             folds=folds,
             grid_stride=grid_stride,
             **shared,
@@ -110,7 +118,7 @@ class STEP(ImageTextModel):
         self.attention_scale = attention_dim**-0.5  # scaled dot product: keeps early softmaxes soft
         self.phi = nn.Conv2d(visual_dim, embed_space_dim, kernel_size=1)  # eq. 2
         self.psi = nn.Linear(self.text.dim, embed_space_dim)  # eq. 3
-        self.gru = ConvGRUCell(1, gru_hidden, kernel_size=3)  # eq. 5-8
+        self.gru = ConvGRUCell(gru_channels, gru_hidden, kernel_size=3)  # eq. 5-8
         self.out = nn.Conv2d(gru_hidden, 1, kernel_size=1)  # eq. 9
         nn.init.constant_(self.out.bias, FOREGROUND_PRIOR_LOGIT)
 
@@ -145,7 +153,7 @@ class STEP(ImageTextModel):
             psi = l2_normalize(torch.tanh(self.psi(sentence)), dim=-1)
             step_heatmap = torch.relu(torch.einsum("behw,be->bhw", embedded[ell], psi)).unsqueeze(1)  # Q_t, eq. 4
             step_heatmap = F.interpolate(step_heatmap, size=grid, mode="bilinear", align_corners=False)
-            hidden = self.gru(step_heatmap, hidden)
+            hidden = self.gru(self.gru_input(step_heatmap, heatmap, ell), hidden)
             logits = self.out(hidden)
             heatmap = torch.sigmoid(logits)
             attentions.append(attention)
@@ -154,6 +162,13 @@ class STEP(ImageTextModel):
             logits=logits,
             extras={"word_attention": torch.stack(attentions, dim=1), "step_maps": torch.cat(step_maps, dim=1)},
         )
+
+    def gru_input(self, step_heatmap: Tensor, heatmap: Tensor, level: int) -> Tensor:
+        """x_t of eq. 5-8: Q_t [B, 1, h, w], or [Q_t; P_{t-1}; ℓ_t / 4] when ``gru_channels=3``."""
+        if self.config["gru_channels"] == 1:
+            return step_heatmap
+        level_map = torch.full_like(step_heatmap, level / (LEVELS - 1))
+        return torch.cat([step_heatmap, heatmap, level_map], dim=1)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
         """Logistic loss of the final heatmap upsampled to the canvas (eq. 10-11)."""

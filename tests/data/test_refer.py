@@ -77,6 +77,8 @@ def refer_root(tmp_path):
          "segmentation": {"size": [16, 16], "counts": compressed["counts"].decode("ascii")}},
         {"id": 103, "image_id": 3, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 10, 12],
          "segmentation": uncompressed_rle(EXPECTED[103])},
+        {"id": 104, "image_id": 1, "category_id": 2, "iscrowd": 0, "bbox": [20, 0, 10, 5],  # referred by no ref
+         "segmentation": [[20, 0, 30, 0, 30, 5, 20, 5]]},
     ]
     categories = [{"id": 1, "name": "person", "supercategory": "person"}, {"id": 2, "name": "dog"}]
     (root / "refcoco" / "instances.json").write_text(
@@ -203,3 +205,21 @@ def test_corrupt_and_wrong_files(refer_root, tmp_path):
         ReferDataset(refer_root, "refcocoz")
     with pytest.raises(ConfigError, match="released splitBy for refcoco: unc, google"):
         ReferDataset(refer_root, "refcoco", "umd")
+
+
+def test_refer_training_samples_carry_category_supervision(refer_root):
+    """The ref's category is the target category; every annotation of the photo (referred or
+    not) labels the category map, in the segmentation label space of LSTM-CNN+ (COCO ids)."""
+    from refseg.config import DatasetSpec
+    from refseg.data.dataset import TARGET_CATEGORY, category_map, read_spec
+    from refseg.models.categories import COCO_ID_TO_SEGMENTATION
+
+    spec = DatasetSpec(kind="refer", path=str(refer_root), dataset="refcoco", split_by="unc", split="train")
+    samples = read_spec(spec, refer_root)
+    person, bicycle = COCO_ID_TO_SEGMENTATION[1], COCO_ID_TO_SEGMENTATION[2]
+    assert [s.meta[TARGET_CATEGORY] for s in samples] == [person, person]
+    labels = category_map(samples[0], SIZES[1])
+    want = np.full(SIZES[1], -1)
+    want[EXPECTED[101]] = person
+    want[_rect(SIZES[1], 0, 5, 20, 30)] = bicycle
+    assert np.array_equal(labels, want)

@@ -135,6 +135,26 @@ def test_shipped_configs_load_and_name_real_model_options(model, dataset):
         assert valid is None or set(config.model.kwargs) <= valid
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*_paper_*.yaml")), ids=lambda p: p.stem)
+def test_paper_configs_build_a_fine_tuned_model_that_runs(path):
+    """Each paper config names real options of its model, fine-tunes the backbone (as every paper
+    does) and asks for the data roots on the command line."""
+    import torch
+
+    from refseg.engine.trainer import build_model, constructor_keys
+    from refseg.models import Batch
+    from refseg.models.base import _REGISTRY, list_models
+
+    config = load_config(path)
+    assert config.model.name in list_models() and config.data.root == "???"
+    assert set(config.model.kwargs) <= constructor_keys(_REGISTRY[config.model.name])
+    model = build_model(config, ["the man on the left", "a red car"]).eval()
+    assert not model.backbone_frozen
+    with torch.no_grad():
+        out = model(Batch(torch.randn(1, 3, 64, 64), *model.tokenize(["the man on the left"])))
+    assert out.logits.shape[:2] == (1, 1) and bool(torch.isfinite(out.logits).all())
+
+
 def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     monkeypatch.chdir(tmp_path / "configs")

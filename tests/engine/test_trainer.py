@@ -15,7 +15,7 @@ from refseg.data.sample import RefSample
 from refseg.engine.checkpoint import load_model, load_training_state
 from refseg.engine.trainer import Trainer, _TrainStep, read_csv, train
 from refseg.errors import CheckpointError, ConfigError
-from refseg.models.base import Batch
+from refseg.models.base import _REGISTRY, Batch, register
 from refseg.models.losses import distractor_logistic
 from tiny_engine_model import NAME, TinyEngineModel, square_samples, tiny_config_text, write_square_manifest
 
@@ -101,6 +101,47 @@ def test_resume_inside_an_epoch_skips_the_batches_already_done(tmp_path, manifes
                     resume=cut / "last.safetensors")
     assert read_csv(resumed / "train.csv") == read_csv(full / "train.csv")
     assert load_training_state(resumed / "last_state.pt")["step"] == 12
+
+
+class _StagedTiny(TinyEngineModel):
+    """The tiny model with a ``stage`` option, so the trainer runs the two-stage schedule."""
+
+    def __init__(self, stage: str = "high", **options: object) -> None:
+        super().__init__(**options)
+        self.config["stage"] = stage
+
+
+STAGED = "_test_engine_staged"
+if STAGED not in _REGISTRY:
+    register(STAGED)(_StagedTiny)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_stage_restart_starts_a_fresh_schedule_and_optimiser_state(tmp_path, manifest, monkeypatch, restart):
+    """5 steps per epoch, low_res_epochs=1: step 6 is the first of the high-resolution stage."""
+    import refseg.engine.trainer as trainer
+
+    state_sizes: list[int] = []
+    build = trainer.build_optimizer
+
+    def spying_build(config, model):
+        optimizer = build(config, model)
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: state_sizes.append(len(opt.state)))
+        return optimizer
+
+    monkeypatch.setattr(trainer, "build_optimizer", spying_build)
+    config = make_config(tmp_path, manifest, "staged", f"model.name={STAGED}", epochs=3, low_res_epochs=1,
+                         stage_restart=restart)
+    rows = read_csv(train(config) / "train.csv")
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.05) and lrs[4] < lrs[0]
+    assert (lrs[5] == pytest.approx(0.05)) is restart  # the high stage starts at the base rate again
+    assert state_sizes[0] == 0 and state_sizes[4] > 0
+    assert (state_sizes[5] == 0) is restart  # momentum buffers are not carried over the switch
+    # each stage runs poly over its own steps: [5 low steps] then [10 high steps]
+    factors = [trainer.lr_factor(config, step, 15, 5) for step in range(15)]
+    expected = [(1 - s / 5) ** 0.9 for s in range(5)] + [(1 - s / 10) ** 0.9 for s in range(10)]
+    assert (factors == pytest.approx(expected)) is restart
 
 
 def test_a_second_run_in_the_same_folder_is_refused(tmp_path, manifest):

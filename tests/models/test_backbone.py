@@ -88,6 +88,21 @@ def test_imagenet_head_matches_the_network_classifier(lite0: Backbone) -> None:
     torch.testing.assert_close(from_block, dense, rtol=1e-4, atol=1e-4)
 
 
+def test_classes_tap_is_the_dense_imagenet_classifier(lite0: Backbone) -> None:
+    """``last="classes"`` (paper 1's fc8): the 1000 class scores at every location, fine-tuned with
+    the last stages when they train."""
+    classes = Backbone(last="classes")
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        tap = classes(images)[-1]
+        torch.testing.assert_close(tap, lite0.imagenet_logits(lite0(images)[-1]))
+        torch.testing.assert_close(classes.imagenet_logits(tap), tap)
+    assert classes.channels[-1] == tap.shape[1] == 1000
+    tuned = Backbone(pretrained=False, last="classes", trainable_stages=1)
+    assert all(p.requires_grad for p in tuned.net._fc.parameters())
+    assert not any(p.requires_grad for p in Backbone(pretrained=False, trainable_stages=1).net._fc.parameters())
+
+
 def test_imagenet_class_names_are_the_ilsvrc_order() -> None:
     assert len(IMAGENET_CLASSES) == len(set(IMAGENET_CLASSES)) == 1000
     anchors = {0: "tench", 1: "goldfish", 207: "golden retriever", 281: "tabby", 340: "zebra",

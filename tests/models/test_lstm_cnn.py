@@ -384,6 +384,35 @@ def test_lstm_cnn_plus_options() -> None:
         create_model("lstm_cnn_plus", category_source="pascal", **SMALL)
 
 
+def test_learned_embeddings_train_and_glove_stays_fixed() -> None:
+    """LSTM-CNN+ keeps GloVe fixed (paper 2 §2.1) but trains random embeddings (its ablation)."""
+    vocab = ["red", "circle"]
+    learned = create_model("lstm_cnn_plus", embedding="learned", category_text="learned", vocab=vocab, **SMALL)
+    glove = create_model("lstm_cnn_plus", embedding="glove", category_text="learned", vocab=vocab, **SMALL)
+    assert learned.text.embed.weight.requires_grad and learned.config["freeze_embedding"] is False
+    assert not glove.text.embed.weight.requires_grad and glove.config["freeze_embedding"] is True
+    tuned = create_model("lstm_cnn_plus", embedding="glove", freeze_embedding=False, vocab=vocab, **SMALL)
+    assert tuned.text.embed.weight.requires_grad
+
+
+def test_fc8_features_are_the_l2_normalised_class_scores() -> None:
+    """Paper 1 §3.1: with ``backbone_last="classes"`` the classifier reads fc8 (the 1000 ImageNet
+    class scores at every location), L2-normalised, with coordinates and the tiled text."""
+    torch.manual_seed(0)
+    model = create_model("lstm_cnn", vocab=["red", "circle"], backbone_last="classes", **SMALL).eval()
+    assert model.head.classifier[0].in_channels == 1000 + 2 + SMALL["hidden"]
+    images = torch.randn(1, 3, 64, 64)
+    batch = Batch(images, *model.tokenize(["red circle"]))
+    with torch.no_grad():
+        head_tap = create_model("lstm_cnn", **SMALL).backbone
+        scores = head_tap.imagenet_logits(head_tap(images)[-1])
+        sentence = model.text(batch.tokens, batch.lengths).sentence
+        text = (F.normalize(sentence) * math.sqrt(sentence.shape[1]))[:, :, None, None].expand(-1, -1, 8, 8)
+        features = add_coords(F.normalize(scores) * math.sqrt(1000), "2d")
+        want = model.head.classifier(torch.cat([features, text], dim=1))
+        torch.testing.assert_close(model(batch).extras["low_res_logits"], want, rtol=1e-4, atol=1e-4)
+
+
 def test_partly_fine_tuned_backbone_is_saved_and_trained_at_its_own_rate(tmp_path) -> None:
     """With ``backbone_trainable_stages`` the backbone trains (at lr x backbone_lr_scale), cannot be
     cached, and its weights go into the checkpoint instead of being rebuilt from ImageNet."""

@@ -1,4 +1,5 @@
-"""RMI (paper 3 §3.3): overfitting, shapes, determinism, padding, per-word maps, export."""
+"""RMI (paper 3 §3.3) and its R+LSTM baseline (§3.2): overfitting, shapes, determinism, padding,
+per-word maps, export."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,14 @@ from shaperef_fixtures import overfit, shaperef_batch, text_batch
 
 from refseg.models import create_model
 from refseg.models.base import Batch
+from refseg.models.layers import add_coords
 
 SMALL = dict(pretrained=False, hidden=32, visual_dim=32, mlstm_hidden=16)
+#: model → (its small options, the parameter that fuses language with the image)
+MODELS = {
+    "rmi": (SMALL, "word_gates.weight"),
+    "rmi_baseline": (dict(pretrained=False, hidden=32, visual_dim=32, classifier=16), "sentence_part.weight"),
+}
 
 
 def feature_iou(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -21,9 +28,10 @@ def feature_iou(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return (pred & target).sum((1, 2, 3)).float() / (pred | target).sum((1, 2, 3)).clamp(min=1).float()
 
 
-def test_overfits_four_shaperef_samples(vocab):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_overfits_four_shaperef_samples(name, vocab):
     torch.manual_seed(0)
-    model = create_model("rmi", vocab=vocab)
+    model = create_model(name, vocab=vocab)
     batch = shaperef_batch(model)
     assert len(batch.texts) == 4
     canvas = overfit(model, batch, steps=200)
@@ -35,9 +43,10 @@ def test_overfits_four_shaperef_samples(vocab):
     assert bool((canvas >= 0.75).all()), canvas
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("size", [75, 61])
-def test_output_shapes_for_odd_sizes(vocab, size):
-    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+def test_output_shapes_for_odd_sizes(name, vocab, size):
+    model = create_model(name, vocab=vocab, **MODELS[name][0]).eval()
     batch = text_batch(model, ["the red circle", "blue"], size=size)
     with torch.no_grad():
         out = model(batch)
@@ -46,29 +55,32 @@ def test_output_shapes_for_odd_sizes(vocab, size):
     assert out.extras["word_maps"].shape == (2, batch.tokens.shape[1], side, side)
 
 
-def test_same_seed_same_output_and_another_seed_differs(vocab):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_same_seed_same_output_and_another_seed_differs(name, vocab):
     outputs = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        model = create_model("rmi", vocab=vocab, **SMALL).eval()
+        model = create_model(name, vocab=vocab, **MODELS[name][0]).eval()
         with torch.no_grad():
             outputs.append(model(text_batch(model, ["green square left"])).logits)
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
     assert not torch.allclose(outputs[0], outputs[2])
 
 
-def test_gradients_reach_the_text_encoder(vocab):
-    model = create_model("rmi", vocab=vocab, **SMALL)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gradients_reach_the_text_encoder(name, vocab):
+    model = create_model(name, vocab=vocab, **MODELS[name][0])
     batch = text_batch(model, ["the red circle", "pink star"])
     batch.masks = (torch.rand(2, 1, 64, 64) > 0.7).float()
     model.loss(model(batch), batch).backward()
-    for name in ("text.embed.weight", "text.lstm.weight_ih_l0", "word_gates.weight"):
-        grad = dict(model.named_parameters())[name].grad
-        assert grad is not None and grad.abs().sum() > 0, name
+    for param in ("text.embed.weight", "text.lstm.weight_ih_l0", MODELS[name][1]):
+        grad = dict(model.named_parameters())[param].grad
+        assert grad is not None and grad.abs().sum() > 0, param
 
 
-def test_padding_tokens_change_nothing_and_word_maps_follow_the_words(vocab):
-    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_padding_tokens_change_nothing_and_word_maps_follow_the_words(name, vocab):
+    model = create_model(name, vocab=vocab, **MODELS[name][0]).eval()
     batch = text_batch(model, ["the dotted red square", "green"])
     padded = Batch(images=batch.images, tokens=F.pad(batch.tokens, (0, 3)), lengths=batch.lengths)
     with torch.no_grad():
@@ -88,11 +100,12 @@ def test_padding_tokens_change_nothing_and_word_maps_follow_the_words(vocab):
         assert not torch.allclose(model(other).logits[0], out.logits[0])  # but real words do matter
 
 
-def test_cached_features_and_config_round_trip(vocab):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cached_features_and_config_round_trip(name, vocab):
     torch.manual_seed(0)
-    model = create_model("rmi", vocab=vocab, **SMALL).eval()
+    model = create_model(name, vocab=vocab, **MODELS[name][0]).eval()
     batch = text_batch(model, ["the red circle"])
-    rebuilt = create_model("rmi", **json.loads(json.dumps(model.config))).eval()
+    rebuilt = create_model(name, **json.loads(json.dumps(model.config))).eval()
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         expected = model(batch).logits
@@ -101,14 +114,33 @@ def test_cached_features_and_config_round_trip(vocab):
         torch.testing.assert_close(model(cached).logits, expected)
         torch.testing.assert_close(rebuilt(batch).logits, expected)
     assert model.backbone_frozen and model.checkpoint_exclude() == []  # pretrained=False: backbone is saved
-    assert "backbone." in create_model("rmi", vocab=vocab, hidden=8, visual_dim=8, mlstm_hidden=8).checkpoint_exclude()
+    assert "backbone." in create_model(name, vocab=vocab, hidden=8, visual_dim=8).checkpoint_exclude()
 
 
-def test_onnx_export_matches_torch(vocab, tmp_path):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_onnx_export_matches_torch(name, vocab, tmp_path):
     """The project's exporter verifies onnxruntime against torch and keeps the first layout that matches."""
     pytest.importorskip("onnxruntime")
     from refseg.export.onnx import export_onnx
 
-    model = create_model("rmi", vocab=vocab, **SMALL).eval()
-    result = export_onnx(model, tmp_path / "rmi.onnx", image_size=48)
+    model = create_model(name, vocab=vocab, **MODELS[name][0]).eval()
+    result = export_onnx(model, tmp_path / f"{name}.onnx", image_size=48)
     assert result.path.is_file() and result.max_probability_diff <= 2.5e-5 and result.max_extras_diff <= 1e-4
+
+
+def test_baseline_is_the_sentence_to_image_classifier_over_rmi_features(vocab):
+    """R+LSTM (§3.2): two 1x1 convolutions over the concatenation [v_ij; tiled h_T], where v_ij
+    is the same projected feature + 8-d coordinates as RMI's (same parameter names)."""
+    torch.manual_seed(0)
+    model = create_model("rmi_baseline", vocab=vocab, **MODELS["rmi_baseline"][0]).eval()
+    rmi = create_model("rmi", vocab=vocab, **SMALL)
+    shared = {n for n in rmi.state_dict() if n.startswith(("backbone.", "text.", "visual."))}
+    assert shared <= set(model.state_dict())
+    batch = text_batch(model, ["the dotted red square", "green"])
+    with torch.no_grad():
+        visual = add_coords(model.visual(model.backbone(batch.images)[-1]), "8d")
+        sentence = model.text(batch.tokens, batch.lengths).sentence
+        concat = torch.cat([visual, sentence[:, :, None, None].expand(-1, -1, *visual.shape[-2:])], dim=1)
+        weight = torch.cat([model.visual_part.weight, model.sentence_part.weight[:, :, None, None]], dim=1)
+        want = model.head(torch.relu(F.conv2d(concat, weight, model.visual_part.bias)))
+        torch.testing.assert_close(model(batch).logits, want, rtol=1e-5, atol=1e-5)

@@ -47,7 +47,24 @@ def test_output_shapes_for_odd_sizes(vocab, size, grid_stride, folds):
     torch.testing.assert_close(out.extras["step_maps"][:, -1:], out.logits)
 
 
-@pytest.mark.parametrize("bad", [dict(folds=0), dict(grid_stride=2), dict(backbone_last="head")])
+def test_three_channel_gru_input_reads_evidence_belief_and_level(vocab):
+    """§3.5's c = 3: x_t = [Q_t; P_{t-1}; ℓ_t / 4]; the first step's belief is the uniform 0.5."""
+    torch.manual_seed(0)
+    model = create_model("step", vocab=vocab, gru_channels=3, **SMALL).eval()
+    assert model.gru.input_to_all.in_channels == 3
+    seen = []
+    model.gru.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    batch = text_batch(model, ["the red circle", "blue"])
+    with torch.no_grad():
+        out = model(batch)
+    assert len(seen) == 5 and all(x.shape[1] == 3 for x in seen)
+    for t, x in enumerate(seen):
+        assert bool((x[:, 2] == t / 4).all()) and bool((x[:, 0] >= 0).all())  # level code; Q_t = ReLU(...)
+    assert bool((seen[0][:, 1] == 0.5).all())
+    torch.testing.assert_close(seen[-1][:, 1:2], torch.sigmoid(out.extras["step_maps"][:, 3:4]))
+
+
+@pytest.mark.parametrize("bad", [dict(folds=0), dict(grid_stride=2), dict(backbone_last="head"), dict(gru_channels=2)])
 def test_bad_options_are_config_errors(vocab, bad):
     with pytest.raises(ConfigError):
         create_model("step", vocab=vocab, **{**SMALL, **bad})
