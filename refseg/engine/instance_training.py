@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -125,12 +125,26 @@ def _tap(view: PhotoView, stride: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def _train_masks(model: InstanceRef, views: list[PhotoView], steps: int, lr: float, rng, log) -> float:
-    """Stage 1: mask head on ground-truth boxes jittered by up to 10 % of their size."""
-    with_things = [v for v in views if v.boxes is not None and len(v.boxes)]
-    optimizer = torch.optim.Adam(model.mask_head.parameters(), lr=lr)
+def _optimise(stage: str, parameters, steps: int, lr: float, batch_loss: Callable[[], Tensor], log: Any) -> float:
+    """Adam on ``parameters`` for ``steps`` steps of ``batch_loss()``; returns the last loss."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
     loss_value = float("nan")
     for step in range(steps):
+        loss = batch_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_value = loss.item()
+        if step % 250 == 0 or step == steps - 1:
+            log(f"{stage} step {step}: loss {loss_value:.3f}")
+    return loss_value
+
+
+def _train_masks(model: InstanceRef, views: list[PhotoView], steps: int, lr: float, rng, log) -> float:
+    """Stage 1: mask head on ground-truth boxes jittered by up to 10 % of their size (8 photos × 8 boxes)."""
+    with_things = [v for v in views if v.boxes is not None and len(v.boxes)]
+
+    def batch_loss() -> Tensor:
         taps, boxes, targets = [[] for _ in MASK_STRIDES], [], []
         for view in (with_things[i] for i in rng.choice(len(with_things), size=8)):
             pick = rng.choice(len(view.boxes), size=min(8, len(view.boxes)), replace=False)
@@ -144,55 +158,36 @@ def _train_masks(model: InstanceRef, views: list[PhotoView], steps: int, lr: flo
                                      torch.arange(len(pick)), MASK_SIZE, 2.0)[:, 0] >= 0.5)
         index = torch.cat([torch.full((len(b),), i) for i, b in enumerate(boxes)])
         logits = model.mask_head([torch.cat(t) for t in taps], torch.cat(boxes), index)[:, 0]
-        loss = F.binary_cross_entropy_with_logits(logits, torch.cat(targets).float())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss_value = loss.item()
-        if step % 250 == 0 or step == steps - 1:
-            log(f"masks step {step}: loss {loss_value:.3f}")
-    return loss_value
+        return F.binary_cross_entropy_with_logits(logits, torch.cat(targets).float())
+
+    return _optimise("masks", model.mask_head.parameters(), steps, lr, batch_loss, log)
 
 
 def _train_stuff(model: InstanceRef, views: list[PhotoView], steps: int, lr: float, rng, log) -> float:
-    """Stage 2: stuff head, cross-entropy over stuff classes + "thing" (unlabelled pixels ignored)."""
-    optimizer = torch.optim.Adam(model.stuff_head.parameters(), lr=lr)
-    loss_value = float("nan")
-    for step in range(steps):
+    """Stage 2: stuff head, cross-entropy over stuff classes + "thing" (unlabelled pixels ignored; 8 photos)."""
+
+    def batch_loss() -> Tensor:
         batch = [views[i] for i in rng.choice(len(views), size=8)]
         taps = [torch.cat([_tap(v, s) for v in batch]) for s in STUFF_STRIDES]
         labels = torch.stack([v.stuff_labels for v in batch])
-        loss = F.cross_entropy(model.stuff_head(taps), labels, ignore_index=-1)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss_value = loss.item()
-        if step % 200 == 0 or step == steps - 1:
-            log(f"stuff step {step}: loss {loss_value:.3f}")
-    return loss_value
+        return F.cross_entropy(model.stuff_head(taps), labels, ignore_index=-1)
+
+    return _optimise("stuff", model.stuff_head.parameters(), steps, lr, batch_loss, log)
 
 
 def train_scorer(model: InstanceRef, packs: list[list[Tensor]], examples: list[tuple[int, str, int]], steps: int,
                  lr: float, rng: np.random.Generator, log: Any) -> float:
-    """Stage 3: the scorer, a softmax over each photo's candidates (``packs``, see :func:`scorer_examples`)."""
+    """Stage 3: the scorer, a softmax over each photo's candidates (``packs``, see :func:`scorer_examples`; 64 a step)."""
     if not examples:
         return float("nan")
-    parameters = [model.cue_base, *model.word_cues.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    loss_value = float("nan")
-    for step in range(steps):
+
+    def batch_loss() -> Tensor:
         chosen = [examples[i] for i in rng.choice(len(examples), size=min(64, len(examples)))]
         candidates = Candidates.from_list([torch.cat([packs[p][j] for p, _, _ in chosen]) for j in range(len(packs[0]))])
         tokens, lengths = model.tokenize([text for _, text, _ in chosen])
-        parsed = model.parser(tokens, lengths)
-        loss = model.scorer_loss(candidates, parsed, torch.tensor([t for *_, t in chosen]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss_value = loss.item()
-        if step % 250 == 0 or step == steps - 1:
-            log(f"scorer step {step}: loss {loss_value:.3f}")
-    return loss_value
+        return model.scorer_loss(candidates, model.parser(tokens, lengths), torch.tensor([t for *_, t in chosen]))
+
+    return _optimise("scorer", [model.cue_base, *model.word_cues.parameters()], steps, lr, batch_loss, log)
 
 
 @torch.inference_mode()

@@ -142,3 +142,19 @@ def test_segment_says_nothing_found_for_an_empty_mask(model, tmp_path: Path, cap
     assert code == 0 and stdout.count("\n") == 1
     assert "nothing found for 'the red box'" in stdout
     assert not np.asarray(Image.open(tmp_path / "m.png")).any()
+
+
+def test_candidates_picture_needs_an_instance_aware_model(photo, model, tmp_path: Path, capsys) -> None:
+    from refseg.engine.checkpoint import save_model
+    from refseg.models import create_model
+
+    image, _ = photo
+    instance = save_model(tmp_path / "instance.safetensors", create_model("instance_ref").eval(), {"image_size": 96})
+    picture = tmp_path / "c.png"
+    code, stdout, _ = run(["segment", str(image), "the red box", "-o", str(tmp_path / "m.png"),
+                           "--candidates", str(picture), "-m", str(instance)], capsys)
+    assert code == 0 and Image.open(picture).size == (121, 75)
+    code, _, err = run(["segment", str(image), "the red box", "-o", str(tmp_path / "n.png"),
+                        "--candidates", str(tmp_path / "d.png"), "-m", model], capsys)
+    assert code == 2 and err.count("\n") == 1 and "instance-aware" in err
+    assert not (tmp_path / "n.png").exists(), "nothing is written when the request cannot be met"
