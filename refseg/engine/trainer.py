@@ -535,9 +535,12 @@ class Trainer:
         cfg = self.config
         if self.resume_state is not None:
             raise ConfigError(f"{cfg.model.name} trains in stages and cannot resume; start the run again")
+        self._prepare_out_dir()
         fit = importlib.import_module(STAGED_TRAINING[cfg.model.name]).fit
         losses = fit(model, self.train_samples, cfg.data.image_size, cfg.train.stages, lr=cfg.train.lr,
                      seed=cfg.train.seed, log=self.log)
+        if not finite_weights(model):
+            raise self._divergence("in its staged training: the weights are no longer finite")
         model.eval()
         metrics = self.validate(model, FeatureCache(torch.float32)) if self.val_samples else None
         if metrics is not None:
@@ -545,7 +548,7 @@ class Trainer:
         if self.runtime.is_main:
             from refseg.engine.checkpoint import save_model
 
-            meta = {"step": sum(cfg.train.stages.values()), "image_size": cfg.data.image_size, "losses": losses,
+            meta = {"image_size": cfg.data.image_size, "losses": losses,
                     "metrics": {k: v for k, v in (metrics or {}).items() if k != "by_length"},
                     "train_config": to_dict(cfg)}
             save_model(self.out_dir / LAST_MODEL, model, meta)
@@ -616,7 +619,7 @@ class Trainer:
 
     def _save(self, model, optimizer, scheduler, scaler, epoch, skip, step, best, metrics, improved) -> None:
         # every process checks (DDP keeps the weights identical), so that all of them stop together
-        if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
+        if not finite_weights(model):
             raise self._divergence(f"by step {step}: the weights are no longer finite")
         if not self.runtime.is_main:
             return
@@ -722,6 +725,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def finite_weights(model: nn.Module) -> bool:
+    """Whether every floating-point tensor of the model's state is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
 
 
 #: Models trained stage by stage: model name → module with ``fit(model, samples, size, stages, lr, seed, log)``.

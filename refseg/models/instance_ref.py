@@ -110,9 +110,7 @@ class InstanceRef(RefSegModel):
 
     def taps(self, images: Tensor) -> list[Tensor]:
         """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases."""
-        mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return self.detector.features((images * std + mean) * 2.0 - 1.0)
+        return self.detector.features(_canvas_rgb(images) * (2.0 / 255.0) - 1.0)
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Canvases [B, 3, S, S] → the candidates of each photo, packed (see :class:`Candidates`)."""
@@ -229,6 +227,7 @@ def paste_masks(probs: Tensor, boxes: Tensor, size: int, grid: int) -> Tensor:
 
 
 def _canvas_rgb(images: Tensor) -> Tensor:
+    """ImageNet-normalised canvases → their 0..255 pixel values (the letterbox made them from uint8)."""
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((images * std + mean) * 255).round().clamp(0, 255)
