@@ -67,8 +67,8 @@ def fit(model: InstanceRef, samples: list[RefSample], size: int, stages: dict[st
 
 # ------------------------------------------------------------------------------------------ photo views
 @torch.inference_mode()
-def photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: Any) -> list[PhotoView]:
-    """Every photo of ``samples`` as it is and mirrored, with its regions and single-target expressions."""
+def photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: Any, mirrored: bool = True) -> list[PhotoView]:
+    """Every photo of ``samples`` as it is (and mirrored), with its regions and single-target expressions."""
     by_photo: dict[str, list[RefSample]] = defaultdict(list)
     for sample in samples:
         by_photo[image_key(sample)].append(sample)
@@ -79,7 +79,7 @@ def photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: An
         regions = [(label, decode_mask(rle, shape)) for label, rle in group[0].meta.get(CATEGORY_REGIONS, [])]
         targets = [(s.sentence, s.load_mask(shape)) for s in group
                    if s.mask is not None and len(s.meta.get("region_ids", [])) == 1]
-        for flip in (False, True):
+        for flip in (False, True) if mirrored else (False,):
             views.append(_view(model, key, rgb, regions, targets, size, flip))
         if n % 100 == 0:
             log(f"photos {n}/{len(by_photo)} ({time.monotonic() - start:.0f} s)")
@@ -221,7 +221,7 @@ def mask_quality(model: InstanceRef, samples: list[RefSample], size: int) -> dic
     from refseg.models.instance_ref import paste_masks
 
     given_truth, given_detection = [], []
-    for view in photo_views(model, samples, size, log=lambda _: None)[::2]:  # mirror views left out
+    for view in photo_views(model, samples, size, log=lambda _: None, mirrored=False):
         if view.boxes is None or not len(view.boxes):
             continue
         taps = [t.float() for t in view.taps]
