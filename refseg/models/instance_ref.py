@@ -13,8 +13,6 @@ evaluation, the API and the server treat it like any other model's logits.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
