@@ -28,7 +28,10 @@ def _register_commands() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (e.g. an expression cut to the model's length) as one ``warning: ...`` line."""
+    """Warnings (e.g. an expression cut to the model's length) as one ``warning: ...`` line. Deprecation
+    warnings of the libraries underneath (numpy's about pycocotools, say) are for developers: not shown."""
+    if issubclass(category, DeprecationWarning):
+        return
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 

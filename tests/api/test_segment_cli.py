@@ -158,3 +158,18 @@ def test_candidates_picture_needs_an_instance_aware_model(photo, model, tmp_path
                         "--candidates", str(tmp_path / "d.png"), "-m", model], capsys)
     assert code == 2 and err.count("\n") == 1 and "instance-aware" in err
     assert not (tmp_path / "n.png").exists(), "nothing is written when the request cannot be met"
+
+
+def test_cli_shows_user_warnings_as_one_line_and_hides_library_deprecations(capsys) -> None:
+    import warnings
+
+    from refseg.cli import _show_warning
+
+    _show_warning(UserWarning("expression has 25 words"), UserWarning, "x.py", 1)
+    _show_warning(DeprecationWarning("__array__ implementation doesn't accept a copy keyword"), DeprecationWarning, "y.py", 2)
+    assert capsys.readouterr().err == "warning: expression has 25 words\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _show_warning
+        warnings.warn("old API", DeprecationWarning)
+    assert capsys.readouterr().err == ""
