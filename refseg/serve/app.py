@@ -226,15 +226,16 @@ class _BodyLimit:
             return
         received = 0
         deadline = time.monotonic() + self.read_timeout_s
-        body_done = False
+        body_done = timed_out = False
 
         async def counting_receive():
-            nonlocal received, body_done
+            nonlocal received, body_done, timed_out
             if body_done:  # e.g. waiting for a disconnect: no deadline
                 return await receive()
             try:
                 event = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
+                timed_out = True
                 raise _InputError(408, f"upload not complete after {self.read_timeout_s:g} s") from None
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
@@ -243,7 +244,30 @@ class _BodyLimit:
                     raise _InputError(413, message)
             return event
 
-        await self.app(scope, counting_receive, send)
+        async def lingering_send(message) -> None:
+            if timed_out and message["type"] == "http.response.body" and not message.get("more_body", False):
+                await send({**message, "more_body": True})  # the whole answer; the connection stays open
+                await _drain(receive)
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app(scope, counting_receive, lingering_send)
+
+
+async def _drain(receive, quiet_s: float = 0.5, longest_s: float = 3.0) -> None:
+    """Read and drop what a client still uploads after its early answer, until it pauses for ``quiet_s``.
+
+    A "lingering close" (RFC 9112 §9.6): closing a socket with unread bytes makes the kernel reset
+    the connection, which can destroy the answer before the client reads it.
+    """
+    end = time.monotonic() + longest_s
+    while (left := end - time.monotonic()) > 0:
+        try:
+            event = await asyncio.wait_for(receive(), min(quiet_s, left))
+        except asyncio.TimeoutError:
+            return
+        if event["type"] != "http.request" or not event.get("more_body", False):
+            return
 
 
 async def _read_form(form, limits: ServerLimits) -> tuple[bytes, list[str], float | None, bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -128,12 +129,10 @@ def _headers_only(sock: socket.socket, body: bytes, stop: threading.Event) -> No
 
 def _one_byte_at_a_time(sock: socket.socket, body: bytes, stop: threading.Event) -> None:
     for byte in body:
-        if stop.wait(0.3):
+        answered, _, _ = select.select([sock], [], [], 0.3)
+        if answered or stop.is_set():  # like curl, stop uploading once the server has answered
             return
-        try:
-            sock.sendall(bytes([byte]))
-        except OSError:  # the server answered 408 and closed the connection
-            return
+        sock.sendall(bytes([byte]))
 
 
 def _all_but_the_last_byte(sock: socket.socket, body: bytes, stop: threading.Event) -> None:
