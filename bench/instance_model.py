@@ -63,7 +63,7 @@ def failure_step(item: HumanDevItem, prediction) -> str | None:
         return "detector missed"
     if max((iou(c.mask, target) for c in candidates), default=0.0) < 0.5:
         return "mask poor"
-    from refseg.data.vocabulary import clean_category
+    from refseg.labels import clean_category
 
     chosen = [c for c in candidates if c.chosen]
     wanted = {clean_category(c) for c in item.sample.meta["categories"]}

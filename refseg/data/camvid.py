@@ -3,7 +3,7 @@
 Layout::
 
     ROOT/<split>/<name>.jpg (or .png)      photos, split = train | val | test
-    ROOT/<split>annot/<name>.png           one class index per pixel (see :data:`CLASSES`)
+    ROOT/<split>annot/<name>.png           one class index per pixel (see :data:`refseg.labels.CAMVID_CLASSES`)
 
 CamVid is semantic only: each stuff class becomes one region; car, pedestrian and bicyclist
 are split into instances by connected components (8-connectivity). Regions (components or
@@ -21,13 +21,8 @@ from refseg.data.coco import ImageRegions
 from refseg.data.images import load_label_map
 from refseg.data.sample import Region
 from refseg.errors import ConfigError
+from refseg.labels import CAMVID_CLASSES
 
-#: Class index → name, as in the SegNet CamVid release (11 = unlabelled).
-CLASSES = (
-    "sky", "building", "pole", "road", "pavement", "tree", "sign/symbol", "fence",
-    "car", "pedestrian", "bicyclist", "unlabelled",
-)
-UNLABELLED = 11
 #: Classes whose pixels are split into one region per connected component.
 INSTANCE_CLASSES = frozenset({"car", "pedestrian", "bicyclist"})
 SPLITS = ("train", "val", "test")
@@ -37,9 +32,7 @@ def label_regions(labels: np.ndarray, min_fraction: float = 0.001) -> list[Regio
     """Regions of a CamVid label map [H, W] (class indices); ids are 1, 2, … in class order."""
     min_area = min_fraction * labels.size
     regions: list[Region] = []
-    for class_id, name in enumerate(CLASSES):
-        if class_id == UNLABELLED:
-            continue
+    for class_id, name in enumerate(CAMVID_CLASSES):  # CAMVID_UNLABELLED is never a region
         pixels = labels == class_id
         if not pixels.any():
             continue

@@ -15,7 +15,8 @@ import numpy as np
 
 from refseg.data.sample import Region
 from refseg.data.synthesis import SynthExpression
-from refseg.data.vocabulary import COLLECTIVE_NOUNS, clean_category, head_noun_categories
+from refseg.labels import clean_category
+from refseg.vocabulary import COLLECTIVE_NOUNS, head_noun_categories
 
 _DETERMINERS = frozenset({"a", "an", "the", "this", "that", "his", "her", "their", "its", "one"})
 # Words that end a noun phrase on its left: verbs, prepositions, conjunctions, pronouns, numbers.

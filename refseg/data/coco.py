@@ -241,7 +241,7 @@ def region_samples(
     """Referring samples for one image.
 
     With ``synthesize == 0``: one sample per category present among the targets, sentence = the
-    category's everyday name (:func:`~refseg.data.vocabulary.clean_category`), mask = all its
+    category's everyday name (:func:`~refseg.vocabulary.clean_category`), mask = all its
     regions; categories that also have a crowd region are skipped (their extent is unknown).
     With ``synthesize = N``: up to N checked expressions from
     :func:`refseg.data.synthesis.synthesize`, mask = the union of the regions each refers to,
@@ -249,7 +249,7 @@ def region_samples(
     """
     if synthesize > 0:
         return _synthesized_samples(item, synthesize, rng or np.random.default_rng())
-    from refseg.data.vocabulary import clean_category
+    from refseg.labels import clean_category
 
     crowded = {r.category_id for r in item.regions if r.meta.get("iscrowd")}
     by_category: dict[int, list[Region]] = {}

@@ -144,7 +144,7 @@ def _synthesized_samples(spec: "DatasetSpec", root: Path) -> list[RefSample]:
 
 
 #: ``RefSample.meta`` key: ``[(label, RLE), ...]`` of every region of the photo, where ``label``
-#: indexes :data:`refseg.models.categories.SEGMENTATION_CATEGORIES` (LSTM-CNN+ category head).
+#: indexes :data:`refseg.labels.SEGMENTATION_CATEGORIES` (LSTM-CNN+ category head).
 CATEGORY_REGIONS = "category_regions"
 #: ``RefSample.meta`` key: the label (same space) of the sample's target when all its regions share
 #: one, else -1. It supervises the text→category classifier of LSTM-CNN+.
@@ -153,7 +153,7 @@ TARGET_CATEGORY = "target_category"
 
 def segmentation_label(category_id: int, kind: str) -> int:
     """A COCO category id or CamVid class index → index in the segmentation label space (-1: none)."""
-    from refseg.models.categories import CAMVID_TO_SEGMENTATION, COCO_ID_TO_SEGMENTATION
+    from refseg.labels import CAMVID_TO_SEGMENTATION, COCO_ID_TO_SEGMENTATION
 
     if kind == "camvid":
         return CAMVID_TO_SEGMENTATION[category_id]
@@ -447,7 +447,7 @@ class RefDataset(Dataset):
         one of them, named by its side or size ("the dog on the left", "the smaller dog"), checked
         by the synthesizer's scene rules. Same return as :meth:`_copy_paste`."""
         from refseg.data.synthesis import Entity, Query, Realizer, Scene
-        from refseg.data.vocabulary import clean_category
+        from refseg.labels import clean_category
 
         if not self._pair_donors:
             return None

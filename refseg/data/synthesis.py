@@ -21,11 +21,11 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 from refseg.data.sample import Region
-from refseg.data.vocabulary import (
+from refseg.labels import clean_category
+from refseg.vocabulary import (
     MASS_NOUNS,
     NUMBER_WORDS,
     ORDINALS,
-    clean_category,
     colour_shares,
     denotation,
     dominant_colour,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from refseg.models.categories import COCO_NUM_THINGS, COCO_PANOPTIC
+from refseg.labels import COCO_THING_CATEGORIES
 
 #: ssd_mobilenet_v2_coco's anchor generator (its graph holds these constants).
 MIN_SCALE, MAX_SCALE = 0.2, 0.95
@@ -25,7 +25,7 @@ LOWEST_LAYER = ((0.1, 1.0), (0.2, 2.0), (0.2, 0.5))  # (scale, aspect ratio)
 
 #: COCO detection label map: index = category id (0 background, 1..90; ids COCO never annotated: "unused").
 COCO_DETECTION_NAMES: tuple[str, ...] = tuple(
-    {0: "background", **dict(COCO_PANOPTIC[:COCO_NUM_THINGS])}.get(i, "unused") for i in range(91)
+    {0: "background", **dict(COCO_THING_CATEGORIES)}.get(i, "unused") for i in range(91)
 )
 
 

@@ -4,7 +4,7 @@ The instance-aware model (:mod:`refseg.models.instance_ref`) needs, per expressi
 the subject ("the **man** in blue"), the category of a related object ("the dog next to the
 **bench**"), the colours it names ("the **red** bus") and how many regions it asks for ("**both** zebras",
 "**people**", "**two** men"). Word
-tables built from :mod:`refseg.data.vocabulary` (head nouns, synonyms, stuff names, plurals) are
+tables built from :mod:`refseg.vocabulary` (head nouns, synonyms, stuff names, plurals) are
 matched against token ids, so the parse is tensor arithmetic that runs inside the graph. The first
 category word (or known two-word name: "traffic light", "wood floor") is the subject, the next one
 the object; of two category words in a row the second is the noun ("orange **cat**", "baby **giraffe**",
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refseg.models import text as T
-from refseg.models.categories import SEGMENTATION_CATEGORIES
+from refseg.labels import SEGMENTATION_CATEGORIES
 
 #: Words that ask for several regions, with how many (0 = all that match).
 COUNT_WORDS = {"both": 2, "two": 2, "pair": 2, "three": 3, "four": 4, "five": 5, "all": 0, "every": 0,
@@ -33,7 +33,7 @@ _ZERO_SHOT_SCALE = 10.0
 @lru_cache(maxsize=1)
 def label_names() -> tuple[str, ...]:
     """The label space (COCO things, COCO stuff, CamVid extras) as everyday words."""
-    from refseg.data.vocabulary import clean_category
+    from refseg.labels import clean_category
 
     return tuple(clean_category(name) for name in SEGMENTATION_CATEGORIES)
 
@@ -45,7 +45,7 @@ def word_tables() -> tuple[dict[str, tuple[frozenset[int], bool]], dict[tuple[st
     A word names every label it is true of: 'wall' names the brick, stone, tiled, wooden and plain
     walls; 'guy' names person. Two-word names are kept as bigrams so 'traffic light' is not 'light'.
     """
-    from refseg.data.vocabulary import COLLECTIVE_NOUNS, head_noun_categories, is_a, plural, surface_nouns
+    from refseg.vocabulary import COLLECTIVE_NOUNS, head_noun_categories, is_a, plural, surface_nouns
 
     names = label_names()
     by_name: dict[str, set[int]] = {}
@@ -107,7 +107,7 @@ class ExpressionParser(nn.Module):
         counts = [(w, n) for w, n in COUNT_WORDS.items() if w in index]
         self.register_buffer("count_ids", torch.tensor([index[w] + 2 for w, _ in counts]), persistent=False)
         self.register_buffer("count_values", torch.tensor([n for _, n in counts]), persistent=False)
-        from refseg.data.vocabulary import COLOUR_NAMES, COLOUR_WORDS
+        from refseg.vocabulary import COLOUR_NAMES, COLOUR_WORDS
 
         colours = [(w, COLOUR_NAMES.index(c)) for w, c in sorted(COLOUR_WORDS.items()) if w in index]
         self.register_buffer("colour_ids", torch.tensor([index[w] + 2 for w, _ in colours]), persistent=False)

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from refseg.data.vocabulary import COLOUR_NAMES, colour_shares
+from refseg.vocabulary import COLOUR_NAMES, colour_shares
 from refseg.models import text as T
 from refseg.models.base import Batch, ModelOutput, RefSegModel, register
 from refseg.models.boxes import nms
 from refseg.models.candidate_cues import CUE_GROUPS, CUE_NAMES, Candidates, cue_features
-from refseg.models.categories import SEGMENTATION_CATEGORIES
+from refseg.labels import SEGMENTATION_CATEGORIES
 from refseg.models.expression import ExpressionParser, ParsedExpression
 from refseg.models.instance_heads import MaskHead, StuffHead
 from refseg.models.layers import probability_to_logit
@@ -248,7 +248,7 @@ def _inside(extent: Tensor, size: int, grid: int) -> Tensor:
 
 def _thing_labels(class_scores: Tensor) -> Tensor:
     """Detector class scores [N, 91] (COCO ids) → label distribution [N, L] over the 80 things."""
-    from refseg.models.categories import COCO_PANOPTIC
+    from refseg.labels import COCO_PANOPTIC
 
     ids = torch.tensor([category_id for category_id, _ in COCO_PANOPTIC[:NUM_THINGS]])
     things = class_scores[:, ids]

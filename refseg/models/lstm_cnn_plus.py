@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
-from refseg.models.categories import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
+from refseg.labels import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
 from refseg.models.image_text import ImageTextModel
 from refseg.models.layers import conv_block, probability_to_logit
 from refseg.models.losses import category_cross_entropy, weighted_bce
@@ -26,7 +26,7 @@ FUSIONS = ("average", "logit")
 
 def category_names(source: str) -> tuple[str, ...]:
     """The M classes of a category source, as words a person would use."""
-    from refseg.data.vocabulary import clean_category
+    from refseg.labels import clean_category
 
     if source == "imagenet":
         return IMAGENET_CLASSES

@@ -80,12 +80,3 @@ def postprocess(
 ) -> MaskPrediction:
     """One prediction's canvas logits → :class:`MaskPrediction` at the original size."""
     return finish(logits_to_probability(logits, box), threshold, confidence)
-
-
-def postprocess_batch(
-    logits: torch.Tensor, boxes: list[Letterbox], threshold: float = DEFAULT_THRESHOLD
-) -> list[MaskPrediction]:
-    """Batched logits ``[B, 1, h, w]`` with one letterbox per item → one prediction per item."""
-    if logits.shape[0] != len(boxes):
-        raise ValueError(f"{logits.shape[0]} logit maps but {len(boxes)} letterboxes")
-    return [postprocess(logits[i], box, threshold) for i, box in enumerate(boxes)]

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refseg.data.camvid import CLASSES, UNLABELLED, CamVid, label_regions
+from refseg.data.camvid import CamVid, label_regions
 from refseg.errors import ConfigError
+from refseg.labels import CAMVID_CLASSES as CLASSES
+from refseg.labels import CAMVID_UNLABELLED as UNLABELLED
 
 SKY, ROAD, CAR, PEDESTRIAN = (CLASSES.index(n) for n in ("sky", "road", "car", "pedestrian"))
 

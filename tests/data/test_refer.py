@@ -212,7 +212,7 @@ def test_refer_training_samples_carry_category_supervision(refer_root):
     not) labels the category map, in the segmentation label space of LSTM-CNN+ (COCO ids)."""
     from refseg.config import DatasetSpec
     from refseg.data.dataset import TARGET_CATEGORY, category_map, read_spec
-    from refseg.models.categories import COCO_ID_TO_SEGMENTATION
+    from refseg.labels import COCO_ID_TO_SEGMENTATION
 
     spec = DatasetSpec(kind="refer", path=str(refer_root), dataset="refcoco", split_by="unc", split="train")
     samples = read_spec(spec, refer_root)

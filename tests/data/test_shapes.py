@@ -21,7 +21,7 @@ from refseg.data.shapes import (
     scene_samples,
     write_shaperef,
 )
-from refseg.data.vocabulary import COLOUR_NAMES, name_colour
+from refseg.vocabulary import COLOUR_NAMES, name_colour
 from refseg.errors import ConfigError
 
 

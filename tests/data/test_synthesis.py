@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from refseg.data.captions import ground_captions, noun_phrases
 from refseg.data.sample import Region
 from refseg.data.synthesis import Entity, Query, Scene, synthesize
-from refseg.data.vocabulary import (
-    clean_category,
+from refseg.labels import clean_category
+from refseg.vocabulary import (
     colour_shares,
     dominant_colour,
     is_a,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from refseg.errors import ConfigError
 from refseg.models.backbone import Backbone
-from refseg.models.categories import (
+from refseg.labels import (
     CAMVID_TO_SEGMENTATION,
     COCO_PANOPTIC,
     IMAGENET_CLASSES,

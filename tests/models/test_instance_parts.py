@@ -142,7 +142,7 @@ def test_relation_cues_look_at_the_object_category(parser):
 
 
 def test_parser_reads_colours_and_the_noun_of_a_compound(parser):
-    from refseg.data.vocabulary import COLOUR_NAMES
+    from refseg.vocabulary import COLOUR_NAMES
 
     parsed = parse(parser, ["orange cat on the left", "baby giraffe", "bus driver", "grey and white bus"])
     assert [top_label(s) for s in parsed.subject] == ["cat", "giraffe", "person", "bus"]
@@ -153,7 +153,7 @@ def test_parser_reads_colours_and_the_noun_of_a_compound(parser):
 
 
 def test_colour_cues_compare_a_candidate_with_its_peers(parser):
-    from refseg.data.vocabulary import COLOUR_NAMES
+    from refseg.vocabulary import COLOUR_NAMES
 
     red, white = COLOUR_NAMES.index("red"), COLOUR_NAMES.index("white")
     c = candidates([[0, 0, 50, 100], [60, 0, 110, 100], [120, 0, 170, 100]], ["bus"] * 3, [white, red, white])

@@ -1,13 +1,15 @@
-"""Category vocabularies: COCO panoptic (133), CamVid (11) and ImageNet-1k (1000) class names.
+"""Label spaces of the public datasets and the words a person uses for their labels.
 
-These are facts about the public label sets, written out so that no model needs a data
-file at run time. ``SEGMENTATION_CATEGORIES`` is the label space of the category
-segmentation head of LSTM-CNN+ (paper 2 §2.3): the 133 COCO panoptic categories followed
-by the CamVid classes that COCO lacks; ``CAMVID_TO_SEGMENTATION`` maps CamVid label
-indices into it. :func:`refseg.data.vocabulary.clean_category` turns a label into the words
-a person would use (``"sky-other-merged"`` → ``"sky"``).
+COCO panoptic (133 categories, the first 80 things), CamVid (11 classes) and ImageNet-1k (1000
+classes), written out so that nothing needs a data file at run time; both :mod:`refseg.data`
+and :mod:`refseg.models` build on this module. ``SEGMENTATION_CATEGORIES`` is the label space of
+the category segmentation head of LSTM-CNN+ (paper 2 §2.3): the 133 COCO panoptic categories
+followed by the CamVid classes that COCO lacks. :func:`clean_category` turns a label into the
+words a person would use (``"sky-other-merged"`` → ``"sky"``).
 """
 from __future__ import annotations
+
+import re
 
 #: COCO panoptic 2017 categories in file order: (category_id, name); the first 80 are things.
 COCO_PANOPTIC: tuple[tuple[int, str], ...] = (
@@ -37,9 +39,10 @@ COCO_PANOPTIC: tuple[tuple[int, str], ...] = (
     (197, "building-other-merged"), (198, "rock-merged"), (199, "wall-other-merged"), (200, "rug-merged"),
 )
 COCO_PANOPTIC_NAMES: tuple[str, ...] = tuple(name for _, name in COCO_PANOPTIC)
-COCO_NUM_THINGS = 80
+#: The 80 COCO thing categories (the detector's classes): (category_id, name).
+COCO_THING_CATEGORIES: tuple[tuple[int, str], ...] = COCO_PANOPTIC[:80]
 
-#: CamVid (SegNet release) label indices 0..10; 11 is "unlabelled".
+#: CamVid (SegNet release) class names by label index 0..10; index 11 (:data:`CAMVID_UNLABELLED`) is no class.
 CAMVID_CLASSES: tuple[str, ...] = (
     "sky", "building", "pole", "road", "pavement", "tree",
     "sign/symbol", "fence", "car", "pedestrian", "bicyclist",
@@ -60,6 +63,54 @@ CAMVID_TO_SEGMENTATION: tuple[int, ...] = tuple(
 
 #: COCO panoptic category_id → index in SEGMENTATION_CATEGORIES.
 COCO_ID_TO_SEGMENTATION: dict[int, int] = {cid: i for i, (cid, _) in enumerate(COCO_PANOPTIC)}
+
+
+# Raw dataset names that the generic cleaning below would not turn into what a person says.
+_RAW_TO_CLEAN = {
+    "dining table": "table",
+    "table-merged": "table",
+    "sports ball": "ball",
+    "potted plant": "plant",
+    "cell phone": "phone",
+    "hair drier": "hair dryer",
+    "tv": "tv",
+    "floor-wood": "wood floor",
+    "floor-other-merged": "floor",
+    "wall-brick": "brick wall",
+    "wall-stone": "stone wall",
+    "wall-tile": "tiled wall",
+    "wall-wood": "wooden wall",
+    "wall-other-merged": "wall",
+    "window-blind": "blinds",
+    "window-other": "window",
+    "playingfield": "field",
+    "tree-merged": "trees",
+    "food-other-merged": "food",
+    "building-other-merged": "building",
+    "water-other": "water",
+    "mountain-merged": "mountain",
+    "rock-merged": "rocks",
+    "pavement-merged": "pavement",
+    "cabinet-merged": "cabinet",
+    "rug-merged": "rug",
+    # CamVid
+    "pavement": "sidewalk",
+    "tree": "trees",
+    "sign/symbol": "sign",
+    "pedestrian": "person",
+    "bicyclist": "cyclist",
+}
+
+
+def clean_category(raw: str) -> str:
+    """Dataset category name → what a person calls it ('sky-other-merged' → 'sky', 'dining table' → 'table')."""
+    name = raw.strip().lower()
+    if name in _RAW_TO_CLEAN:
+        return _RAW_TO_CLEAN[name]
+    name = re.sub(r"-(merged|other|stuff)\b", "", name)
+    name = re.sub(r"-(merged|other|stuff)\b", "", name)  # 'sky-other-merged' needs two passes
+    return name.replace("-", " ").strip()
+
 
 #: ImageNet-1k (ILSVRC 2012) classes in index order, the first WordNet synonym of each
 #: synset (two homonyms disambiguated: 134 "crane bird", 639 "tank suit").

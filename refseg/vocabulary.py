@@ -12,54 +12,9 @@ import re
 import numpy as np
 from skimage.color import rgb2lab
 
+from refseg.labels import COCO_THING_CATEGORIES, clean_category
+
 # ---------------------------------------------------------------------------------------------- categories
-# Raw dataset names that the generic cleaning below would not turn into what a person says.
-_RAW_TO_CLEAN = {
-    "dining table": "table",
-    "table-merged": "table",
-    "sports ball": "ball",
-    "potted plant": "plant",
-    "cell phone": "phone",
-    "hair drier": "hair dryer",
-    "tv": "tv",
-    "floor-wood": "wood floor",
-    "floor-other-merged": "floor",
-    "wall-brick": "brick wall",
-    "wall-stone": "stone wall",
-    "wall-tile": "tiled wall",
-    "wall-wood": "wooden wall",
-    "wall-other-merged": "wall",
-    "window-blind": "blinds",
-    "window-other": "window",
-    "playingfield": "field",
-    "tree-merged": "trees",
-    "food-other-merged": "food",
-    "building-other-merged": "building",
-    "water-other": "water",
-    "mountain-merged": "mountain",
-    "rock-merged": "rocks",
-    "pavement-merged": "pavement",
-    "cabinet-merged": "cabinet",
-    "rug-merged": "rug",
-    # CamVid
-    "pavement": "sidewalk",
-    "tree": "trees",
-    "sign/symbol": "sign",
-    "pedestrian": "person",
-    "bicyclist": "cyclist",
-}
-
-
-def clean_category(raw: str) -> str:
-    """Dataset category name → what a person calls it ('sky-other-merged' → 'sky', 'dining table' → 'table')."""
-    name = raw.strip().lower()
-    if name in _RAW_TO_CLEAN:
-        return _RAW_TO_CLEAN[name]
-    name = re.sub(r"-(merged|other|stuff)\b", "", name)
-    name = re.sub(r"-(merged|other|stuff)\b", "", name)  # 'sky-other-merged' needs two passes
-    return name.replace("-", " ").strip()
-
-
 # Plurals that are not "noun + s". Mass nouns (sky, water, grass …) are their own plural.
 _PLURALS = {
     "person": "people", "man": "men", "woman": "women", "child": "children", "sheep": "sheep",
@@ -172,18 +127,8 @@ _HEAD_NOUNS = {
 }
 
 
-# The 80 COCO thing categories, cleaned.
-COCO_THINGS = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "plant",
-    "bed", "table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair dryer",
-    "toothbrush",
-)
+#: The 80 COCO thing categories, cleaned.
+COCO_THINGS = tuple(clean_category(name) for _, name in COCO_THING_CATEGORIES)
 COLLECTIVE_NOUNS = frozenset({"people", "men", "women", "cattle", "crowd", "couple", "oxen", "trees",
                               "mountains", "hills"})
 
