@@ -128,7 +128,8 @@ def threshold_sweep(
     import torch
 
     from refseg.config import load_config
-    from refseg.data.dataset import FeatureCache, RefDataset, load_samples
+    from refseg.data.dataset import FeatureCache, RefDataset
+    from refseg.data.sources import load_samples
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate, model_image_size
 
@@ -157,7 +158,8 @@ def position_gap(checkpoint: str | Path, sample_sets: Sequence[Sequence]) -> lis
 
     import torch
 
-    from refseg.data.dataset import FeatureCache, RefDataset, mirror_text
+    from refseg.data.augment import mirror_text
+    from refseg.data.dataset import FeatureCache, RefDataset
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
@@ -187,7 +189,7 @@ def positions(
     """Markdown table: per run, mean IoU on side-word expressions as written and mirrored, on
     synthesized val (the val split of ``config``) and on the human dev set (when ``items``)."""
     from refseg.config import load_config
-    from refseg.data.dataset import load_samples
+    from refseg.data.sources import load_samples
 
     sets = {"synth val": load_samples(load_config(config), "val")}
     if items is not None:

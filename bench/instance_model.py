@@ -66,7 +66,7 @@ def failure_step(item: HumanDevItem, prediction) -> str | None:
     from refseg.labels import clean_category
 
     chosen = [c for c in candidates if c.chosen]
-    wanted = {clean_category(c) for c in item.sample.meta["categories"]}
+    wanted = {clean_category(c) for c in item.sample.meta.extra["categories"]}
     return "wrong instance" if chosen and chosen[0].label in wanted else "wrong category"
 
 
@@ -131,7 +131,8 @@ def cues(run: str | Path, items: Sequence[HumanDevItem], config: str | Path = IN
     import torch
 
     from refseg.config import load_config
-    from refseg.data.dataset import FeatureCache, RefDataset, load_samples
+    from refseg.data.dataset import FeatureCache, RefDataset
+    from refseg.data.sources import load_samples
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate
     from refseg.engine.instance_training import photo_views, scorer_examples, train_scorer
@@ -165,7 +166,7 @@ def masks(run: str | Path, config: str | Path = INSTANCE_CONFIG) -> str:
     import torch
 
     from refseg.config import load_config
-    from refseg.data.dataset import load_samples
+    from refseg.data.sources import load_samples
     from refseg.engine.checkpoint import load_model
     from refseg.engine.instance_training import mask_quality
 

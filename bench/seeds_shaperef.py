@@ -189,7 +189,7 @@ def prefilled_cache(config, train_samples, test_samples) -> FeatureCache:
 
 def iou_by_kind(accumulator, samples) -> dict[str, dict]:
     """Mean IoU and count per ShapeRef expression kind (attribute, spatial, relation, multi, …)."""
-    kinds = {s.id: s.meta.get("kind", "?") for s in samples}
+    kinds = {s.id: s.meta.kind or "?" for s in samples}
     groups: dict[str, list[float]] = {}
     for record in accumulator.per_sample():
         groups.setdefault(kinds[record["id"]], []).append(record["iou"])

@@ -1,50 +1,106 @@
-"""Run configuration: typed dataclasses, YAML files and ``key=value`` overrides.
+"""Run configuration: typed sections (pydantic), YAML files and ``key=value`` overrides.
 
 A config has four parts: ``model`` (registered name + constructor kwargs), ``data`` (training and
 validation dataset specs, image size, augmentation), ``train`` (optimiser, schedule, budget,
-checkpoints) and ``imports`` (extra modules that register custom models). Every key can be
-overridden from the command line with a dotted path::
+checkpoints) and ``imports`` (extra modules that register custom models or dataset sources).
+Every key can be overridden from the command line with a dotted path::
 
     refseg train configs/rmi_shaperef.yaml train.lr=1e-3 model.hidden=256 data.train.0.n=500
 
-Values are coerced to the declared type; unknown keys, wrong types and missing data paths raise
+Values are converted to the declared type; unknown keys, wrong types and missing data paths raise
 :class:`~refseg.errors.ConfigError` with a one-line message (and close matches for typos).
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import importlib
 import os
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from refseg.errors import ConfigError
 
 #: Value meaning "must be given on the command line" in a YAML config.
 REQUIRED = "???"
 
-DatasetKind = Literal[
-    "manifest", "refer", "coco-instances", "coco-panoptic", "camvid", "shaperef"
-]
+
+def _not_bool(error_type: str):
+    """Before-validator refusing YAML booleans where a number is declared (pydantic reads true as 1)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(error_type, "boolean")
+        return value
+
+    return BeforeValidator(check)
 
 
-@dataclass
-class DatasetSpec:
+def _pair(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise PydanticCustomError("pair", "must be a list of 2 values, got {got}", {"got": _describe(value)})
+    return value
+
+
+def _choice(*choices: str) -> Any:
+    """A string limited to ``choices``; YAML 1.1's bare off/on (read as booleans) count as the words."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"
+        if isinstance(value, bool) or value not in choices:
+            raise PydanticCustomError(
+                "choice", "must be one of {choices}; got {got}", {"choices": ", ".join(choices), "got": repr(value)}
+            )
+        return value
+
+    return Annotated[Literal[choices], BeforeValidator(check)]
+
+
+Int = Annotated[int, _not_bool("int_type")]
+Number = Annotated[float, _not_bool("float_type")]
+CacheDtype = _choice("float32", "float16")
+Optimizer = _choice("sgd", "adam", "adamw")
+Schedule = _choice("poly", "constant", "step")
+Precision = _choice("auto", "off", "bf16", "fp16")
+BestMetric = _choice("mean_iou", "overall_iou")
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors with close matches; numbers may be given as strings."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_key", "{key}", {"key": str(key), "hint": suggest(str(key), sorted(cls.model_fields))}
+                    )
+        return data
+
+
+class DatasetSpec(_Section):
     """One source of samples; several specs are concatenated.
 
-    * ``manifest``: ``path`` = a JSONL manifest (see docs/datasets.md).
-    * ``refer``: ``path`` = the refer root, ``dataset`` (refcoco, refcoco+, refcocog, refclef),
-      ``split_by`` (unc, umd, google, berkeley), ``split``; ``images`` overrides the photo folder.
-    * ``coco-instances`` / ``coco-panoptic`` / ``camvid``: ``path`` = dataset root, ``split``;
-      ``synthesize`` expressions per image are generated on the fly with ``seed``
-      (paper 2 §2.2), plus caption-grounded ones when ``captions`` is true (COCO instances).
-    * ``shaperef``: ``n`` generated samples with ``seed`` (in memory); ``split`` selects
-      train/val/test; ``options`` go to the generator.
+    ``kind`` names a registered source (:mod:`refseg.data.sources`: manifest, refer, coco-instances,
+    coco-panoptic, camvid, shaperef, or one a module in ``imports`` registers); each source's module
+    says which of the fields below it reads. ``path`` is resolved against ``data.root``.
 
     ``limit`` keeps only the first N samples (0 = all). ``exclude_images`` / ``only_images``: a JSONL
     file whose lines name photos by ``image_id`` (e.g. ``bench/human_dev/expressions.jsonl``); the
@@ -52,99 +108,131 @@ class DatasetSpec:
     dev set is written on, and validates on exactly those.
     """
 
-    kind: DatasetKind = "manifest"
+    kind: str = "manifest"
     path: str = ""
     dataset: str = "refcoco"
     split_by: str = "unc"
     split: str = ""  # "" = every sample (manifest, shaperef); required for the other kinds
     images: str = ""
-    synthesize: int = 0
+    synthesize: Int = 0
     captions: bool = False
-    n: int = 0
-    seed: int = 0
-    limit: int = 0
+    n: Int = 0
+    seed: Int = 0
+    limit: Int = 0
     exclude_images: str = ""
     only_images: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _registered(cls, kind: Any, info: ValidationInfo) -> Any:
+        """A registered kind; the config's ``imports`` are imported first when the kind is not built in."""
+        from refseg.data.sources import source_kinds
+
+        kinds = source_kinds()
+        if kind not in kinds and info.context and info.context.get("imports"):
+            import_modules(info.context["imports"])
+            kinds = source_kinds()
+        if kind not in kinds:
+            close = difflib.get_close_matches(str(kind), kinds, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PydanticCustomError(
+                "choice", "must be one of {choices}; got {got}{hint}", {"choices": ", ".join(kinds), "got": repr(kind), "hint": hint}
+            )
+        return kind
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(_Section):
     """Text-consistent augmentation (applied to training samples only)."""
 
-    hflip: float = 0.5  # probability; swaps left/right words in the expression
-    scale: tuple[float, float] = (0.7, 1.0)  # crop side as a fraction of the image side
-    crop: float = 0.0  # probability of a scale/crop jitter that keeps the target inside
+    hflip: Number = 0.5  # probability; swaps left/right words in the expression
+    scale: Annotated[tuple[Number, Number], BeforeValidator(_pair)] = (0.7, 1.0)  # crop side / image side
+    crop: Number = 0.0  # probability of a scale/crop jitter that keeps the target inside
     crop_positions: bool = True  # also crop expressions with position words ("left", "top", "behind", ...)
-    copy_paste: float = 0.0  # probability of pasting another sample's instance as the target
-    pair_paste: float = 0.0  # probability of pasting two instances of one category, the target named by side or size
+    copy_paste: Number = 0.0  # probability of pasting another sample's instance as the target
+    pair_paste: Number = 0.0  # probability of pasting two instances of one category, the target named by side or size
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """What to train and validate on."""
 
-    train: list[DatasetSpec] = field(default_factory=list)
-    val: list[DatasetSpec] = field(default_factory=list)
+    train: list[DatasetSpec] = Field(default_factory=list)
+    val: list[DatasetSpec] = Field(default_factory=list)
     root: str = ""  # relative dataset paths resolve against this folder (see load_config)
-    image_size: int = 320
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    image_size: Int = 320
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache_features: bool = True  # cache backbone taps when the model's backbone is frozen
-    cache_dtype: Literal["float32", "float16"] = "float32"
+    cache_dtype: CacheDtype = "float32"
 
 
-@dataclass
-class ModelConfig:
-    """A registered model name and its constructor keyword arguments."""
+class ModelConfig(_Section):
+    """A registered model name and its constructor keyword arguments (YAML writes them flat)."""
 
     name: str = "lstm_cnn"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_kwargs(cls, data: Any) -> Any:
+        """``{name, hidden, ...}`` → ``{name, kwargs: {hidden, ...}}``."""
+        if not isinstance(data, dict):
+            return data
+        kwargs = dict(data.get("kwargs") or {})
+        kwargs.update({k: v for k, v in data.items() if k not in ("name", "kwargs")})
+        return {**({"name": data["name"]} if "name" in data else {}), "kwargs": kwargs}
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation, budget, logging and checkpoints."""
 
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = 2.5e-4  # paper 3 §4.2 (Adam 0.00025, weight decay 0.0005)
-    momentum: float = 0.9  # SGD with momentum (paper 1 §3.3)
-    weight_decay: float = 5e-4
-    backbone_lr_scale: float = 0.1  # learning-rate multiplier for backbone parameters that train
-    schedule: Literal["poly", "constant", "step"] = "poly"  # poly: paper 4 §3.6
-    poly_power: float = 0.9
-    step_every: int = 10  # epochs between decays (schedule=step)
-    step_gamma: float = 0.1
-    warmup_steps: int = 0
-    epochs: int = 10
-    iterations: int = 0  # > 0: stop after this many optimiser steps (overrides epochs)
-    batch_size: int = 8  # per process
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    iou_loss_weight: float = 0.0  # > 0: add this × (1 − soft IoU) per sample to the model's loss
-    distractor_weight: float = 0.0  # > 0: add this × the logistic loss on the target category's other pixels
-    seed: int = 0
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, off on CPU
-    workers: int = 0
+    optimizer: Optimizer = "adam"
+    lr: Number = 2.5e-4  # paper 3 §4.2 (Adam 0.00025, weight decay 0.0005)
+    momentum: Number = 0.9  # SGD with momentum (paper 1 §3.3)
+    weight_decay: Number = 5e-4
+    backbone_lr_scale: Number = 0.1  # learning-rate multiplier for backbone parameters that train
+    schedule: Schedule = "poly"  # poly: paper 4 §3.6
+    poly_power: Number = 0.9
+    step_every: Int = 10  # epochs between decays (schedule=step)
+    step_gamma: Number = 0.1
+    warmup_steps: Int = 0
+    epochs: Int = 10
+    iterations: Int = 0  # > 0: stop after this many optimiser steps (overrides epochs)
+    batch_size: Int = 8  # per process
+    grad_clip: Number = 0.0  # max gradient norm; 0 = off
+    iou_loss_weight: Number = 0.0  # > 0: add this × (1 − soft IoU) per sample to the model's loss
+    distractor_weight: Number = 0.0  # > 0: add this × the logistic loss on the target category's other pixels
+    seed: Int = 0
+    amp: Precision = "auto"  # auto: bf16/fp16 on GPU, off on CPU
+    workers: Int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_every: int = 1  # epochs between validations (0 = only at the end)
-    eval_batch_size: int = 16
-    best_metric: Literal["mean_iou", "overall_iou"] = "mean_iou"
-    low_res_epochs: int = 0  # two-stage schedule (paper 1 §4.2): low-res loss for N epochs
+    eval_every: Int = 1  # epochs between validations (0 = only at the end)
+    eval_batch_size: Int = 16
+    best_metric: BestMetric = "mean_iou"
+    low_res_epochs: Int = 0  # two-stage schedule (paper 1 §4.2): low-res loss for N epochs
     stage_restart: bool = False  # the high-res stage starts a fresh schedule and optimiser state (a new fine-tuning run)
-    log_every: int = 10  # steps between CSV rows
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at the end of each epoch only)
+    log_every: Int = 10  # steps between CSV rows
+    checkpoint_every: Int = 0  # steps between mid-epoch checkpoints (0 = at the end of each epoch only)
     progress: bool = True
     out_dir: str = ""  # default: runs/<config file stem>
-    stages: dict[str, int] = field(default_factory=dict)  # steps per stage of staged models (instance_ref)
+    stages: dict[str, Int] = Field(default_factory=dict)  # steps per stage of staged models (instance_ref)
 
 
-@dataclass
-class Config:
+class Config(_Section):
     """A full run configuration."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    imports: list[str] = field(default_factory=list)  # modules that register custom models
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    imports: list[str] = Field(default_factory=list)  # modules that register custom models or dataset sources
+
+
+def import_modules(names: list[str]) -> None:
+    """Import the modules a config lists in ``imports`` (they register models or dataset sources)."""
+    for module in names:
+        try:
+            importlib.import_module(str(module))
+        except ImportError as exc:
+            raise ConfigError(f"imports: cannot import {module!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -169,7 +257,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must contain a mapping at the top level")
         raw = loaded or {}
-    raw = _fold_model_kwargs(raw)
     config = from_dict(raw)
     if path is not None:
         _anchor_paths(config, path.parent)
@@ -200,18 +287,16 @@ def _anchor_paths(config: Config, folder: Path) -> None:
 
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a :class:`Config` from a nested mapping, checking keys and types."""
-    return _coerce(raw, Config, "")
+    try:
+        imports = raw.get("imports") if isinstance(raw, dict) else None
+        return Config.model_validate(raw, context={"imports": imports if isinstance(imports, list) else None})
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0])) from None
 
 
-def to_dict(config: Any) -> Any:
+def to_dict(config: BaseModel) -> dict[str, Any]:
     """Plain YAML/JSON-ready structure of a config (model kwargs stay nested under ``kwargs``)."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, (list, tuple)):
-        return [to_dict(v) for v in config]
-    if isinstance(config, dict):
-        return {k: to_dict(v) for k, v in config.items()}
-    return config
+    return config.model_dump(mode="json")
 
 
 def dump_config(config: Config) -> str:
@@ -229,26 +314,12 @@ def save_config(config: Config, path: str | Path) -> None:
     atomic_write_bytes(Path(path), dump_config(config).encode("utf-8"))
 
 
-def _fold_model_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
-    """YAML writes model kwargs flat next to ``name``; the dataclass keeps them under ``kwargs``."""
-    model = raw.get("model")
-    if model is None:
-        return raw
-    if not isinstance(model, dict):
-        raise ConfigError("model must be a mapping with at least a 'name'")
-    kwargs = dict(model.get("kwargs") or {})
-    kwargs.update({k: v for k, v in model.items() if k not in ("name", "kwargs")})
-    folded = {"kwargs": kwargs}
-    if "name" in model:
-        folded["name"] = model["name"]
-    return {**raw, "model": folded}
-
-
 # --------------------------------------------------------------------------- overrides
 
 
 def apply_override(config: Config, item: str) -> None:
-    """Apply one ``dotted.key=value`` override in place (list items by index: ``data.train.0.n``)."""
+    """Apply one ``dotted.key=value`` override in place (list items by index: ``data.train.0.n``;
+    index ``len`` appends a new item)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -256,40 +327,25 @@ def apply_override(config: Config, item: str) -> None:
     parts = key.split(".")
     if parts[0] == "model" and len(parts) >= 2 and parts[1] not in ("name", "kwargs"):
         parts = ["model", "kwargs", *parts[1:]]  # model.hidden=256 → model.kwargs.hidden
-    value = _parse_scalar(text)
-    parent: Any = config
-    path = ""
+    raw = config.model_dump()
+    node: Any = raw
     for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
         last = i == len(parts) - 1
-        where = f"{path}.{part}" if path else part
-        if dataclasses.is_dataclass(parent):
-            names = [f.name for f in dataclasses.fields(parent)]
-            if part not in names:
-                raise ConfigError(f"unknown config key {where!r}{suggest(part, names)}")
-            hint = typing.get_type_hints(type(parent))[part]
-            if last:
-                setattr(parent, part, _coerce(value, hint, where))
-            else:
-                parent = getattr(parent, part)
-        elif isinstance(parent, list):
-            index = _list_index(part, parent, where)
-            item_type = _list_item_type(config, parts[:i])
-            if index == len(parent):  # data.train.1.path=... appends a new spec
-                parent.append(_coerce({}, item_type, where) if item_type else None)
-            if last:
-                parent[index] = _coerce(value, item_type, where) if item_type else value
-            else:
-                parent = parent[index]
-        elif isinstance(parent, dict):
-            if last:
-                parent[part] = value
-            else:
-                parent = parent.setdefault(part, {})
-                if not isinstance(parent, dict):
-                    raise ConfigError(f"config key {where!r} is not a mapping")
+        if isinstance(node, list):
+            index = _list_index(part, node, where)
+            if index == len(node):
+                node.append({})  # data.train.1.path=... appends a new spec
+            part = index
+        elif not isinstance(node, dict):
+            raise ConfigError(f"config key {'.'.join(parts[:i])!r} has no sub-key {part!r}")
+        if last:
+            node[part] = _parse_scalar(text)
         else:
-            raise ConfigError(f"config key {path!r} has no sub-key {part!r}")
-        path = where
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+    updated = from_dict(raw)
+    for name in Config.model_fields:
+        setattr(config, name, getattr(updated, name))
 
 
 def _list_index(part: str, items: list, where: str) -> int:
@@ -300,18 +356,6 @@ def _list_index(part: str, items: list, where: str) -> int:
     if index > len(items):
         raise ConfigError(f"config key {where!r}: index {index} is out of range (0..{len(items)})")
     return index
-
-
-def _list_item_type(config: Config, parts: list[str]) -> Any:
-    """Declared item type of the list at dotted ``parts`` (None for untyped lists)."""
-    owner: Any = config
-    for part in parts[:-1]:
-        owner = owner[int(part)] if isinstance(owner, list) else getattr(owner, part, None)
-    if not dataclasses.is_dataclass(owner):
-        return None
-    hint = typing.get_type_hints(type(owner)).get(parts[-1])
-    args = typing.get_args(hint)
-    return args[0] if args else None
 
 
 def _parse_scalar(text: str) -> Any:
@@ -333,97 +377,26 @@ def suggest(word: str, choices: list[str]) -> str:
     return f"; valid keys: {', '.join(choices)}"
 
 
-# --------------------------------------------------------------------------- type coercion
+# --------------------------------------------------------------------------- error messages
+
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+             "list": "a list", "dict": "a mapping", "model": "a mapping"}
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check/convert ``value`` to the declared type ``hint`` (``where`` names the key in errors)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+def _message(error: dict) -> str:
+    """One pydantic error → the one-line message of this module ("train.lr must be a number, got …")."""
+    where = ".".join(str(p) for p in error["loc"])
     label = where or "config"
-    if hint is Any:
-        return value
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{label} must be a mapping, got {_describe(value)}")
-        names = {f.name for f in dataclasses.fields(hint)}
-        hints = typing.get_type_hints(hint)
-        kwargs = {}
-        for key, item in value.items():
-            sub = f"{where}.{key}" if where else str(key)
-            if key not in names:
-                raise ConfigError(f"unknown config key {sub!r}{suggest(str(key), sorted(names))}")
-            kwargs[key] = _coerce(item, hints[key], sub)
-        return hint(**kwargs)
-    if origin is Literal:
-        if isinstance(value, bool) and ("off" if not value else "on") in args:
-            value = "off" if not value else "on"  # YAML 1.1 reads a bare off/on as a boolean
-        if value not in args or isinstance(value, bool):
-            raise ConfigError(
-                f"{label} must be one of {', '.join(map(str, args))}; got {value!r}"
-            )
-        return value
-    if origin in (Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        if value is None and len(non_none) < len(args):
-            return None
-        errors = []
-        for option in non_none:
-            try:
-                return _coerce(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{label} must be a list, got {_describe(value)}")
-        item_type = args[0] if args else Any
-        return [_coerce(v, item_type, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{label} must be a list of {len(args)} values, got {_describe(value)}")
-        return tuple(_coerce(v, t, f"{where}.{i}") for i, (v, t) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{label} must be a mapping, got {_describe(value)}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        raise ConfigError(f"{label} must be true or false, got {_describe(value)}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{label} must be an integer, got {_describe(value)}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{label} must be an integer, got {_describe(value)}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{label} must be a number, got {_describe(value)}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"{label} must be a number, got {_describe(value)}")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{label} must be a string, got {_describe(value)}")
-    raise TypeError(f"unsupported config type {hint!r} at {label}")  # a bug in this module
+    kind = error["type"]
+    if kind == "unknown_key":
+        key = f"{where}.{error['ctx']['key']}" if where else error["ctx"]["key"]
+        return f"unknown config key {key!r}{error['ctx']['hint']}"
+    if kind in ("choice", "pair"):
+        return f"{label} {error['msg']}"
+    expected = _EXPECTED.get(kind.split("_")[0], None)
+    if expected is None:
+        return f"{label}: {error['msg']}"
+    return f"{label} must be {expected}, got {_describe(error['input'])}"
 
 
 def _describe(value: Any) -> str:
@@ -455,6 +428,8 @@ def check_data_paths(config: Config) -> None:
             f"data.augment.copy_paste + data.augment.pair_paste must be at most 1 (one paste per sample), "
             f"got {augment.copy_paste} + {augment.pair_paste}"
         )
+    from refseg.data.sources import check_spec
+
     for group in ("train", "val"):
         for i, spec in enumerate(getattr(config.data, group)):
             key = f"data.{group}.{i}"
@@ -465,16 +440,4 @@ def check_data_paths(config: Config) -> None:
                 listing = getattr(spec, name)
                 if listing and not Path(os.path.expanduser(listing)).is_file():
                     raise ConfigError(f"{key}.{name}: photo list not found: {listing}")
-            if spec.kind == "shaperef":
-                if spec.n <= 0:
-                    raise ConfigError(f"{key}.n must be > 0 for a shaperef dataset")
-                continue
-            if not spec.path:
-                raise ConfigError(f"{key}.path is required for a {spec.kind} dataset")
-            if spec.kind != "manifest" and not spec.split:
-                raise ConfigError(f"{key}.split is required for a {spec.kind} dataset (e.g. train, val)")
-            path = resolve_path(config, spec.path)
-            if spec.kind == "manifest" and not path.is_file():
-                raise ConfigError(f"{key}.path: manifest not found: {path}")
-            if spec.kind != "manifest" and not path.is_dir():
-                raise ConfigError(f"{key}.path: {spec.kind} folder not found: {path}")
+            check_spec(spec, key, resolve_path(config, spec.path) if spec.path else None)

@@ -1,8 +1,8 @@
 """Label spaces of the public datasets and the words a person uses for their labels.
 
 COCO panoptic (133 categories, the first 80 things), CamVid (11 classes) and ImageNet-1k (1000
-classes), written out so that nothing needs a data file at run time; both :mod:`refseg.data`
-and :mod:`refseg.models` build on this module. ``SEGMENTATION_CATEGORIES`` is the label space of
+classes; its pixel statistics too), written out so that nothing needs a data file at run time;
+both :mod:`refseg.data` and :mod:`refseg.models` build on this module. ``SEGMENTATION_CATEGORIES`` is the label space of
 the category segmentation head of LSTM-CNN+ (paper 2 §2.3): the 133 COCO panoptic categories
 followed by the CamVid classes that COCO lacks. :func:`clean_category` turns a label into the
 words a person would use (``"sky-other-merged"`` → ``"sky"``).
@@ -111,6 +111,10 @@ def clean_category(raw: str) -> str:
     name = re.sub(r"-(merged|other|stuff)\b", "", name)  # 'sky-other-merged' needs two passes
     return name.replace("-", " ").strip()
 
+
+#: ImageNet pixel statistics (RGB in [0, 1]) that the EfficientNet-Lite weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: ImageNet-1k (ILSVRC 2012) classes in index order, the first WordNet synonym of each
 #: synset (two homonyms disambiguated: 134 "crane bird", 639 "tank suit").

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refseg.data.sample import RefSample, Region
+from refseg.data.sample import RefSample, Region, SampleMeta
 from refseg.errors import ConfigError
 
 EXPRESSIONS = Path(__file__).resolve().with_name("expressions.jsonl")
@@ -50,7 +50,7 @@ class HumanDevItem:
 
     @property
     def kind(self) -> str:
-        return self.sample.meta["kind"]
+        return self.sample.meta.kind
 
 
 def read_expressions(path: str | Path = EXPRESSIONS) -> list[dict]:
@@ -131,12 +131,11 @@ def load_human_dev(data_root: str | Path = DEFAULT_DATA_ROOT, expressions: str |
             split=record["split"],
             source="human-dev",
             image_id=f"{record['dataset']}/{record['image_id']}",
-            meta={
-                "dataset": record["dataset"],
-                "region_ids": record["region_ids"],
-                "categories": sorted({r.category for r in targets}),
-                "kind": _kind(targets, image.regions),
-            },
+            meta=SampleMeta(
+                kind=_kind(targets, image.regions),
+                region_ids=record["region_ids"],
+                extra={"dataset": record["dataset"], "categories": sorted({r.category for r in targets})},
+            ),
         )
         items.append(HumanDevItem(sample, image.regions, record["region_ids"]))
     return items

@@ -201,7 +201,7 @@ def stats(
         histogram.add_row(label, str(count), f"{100 * count / max(len(samples), 1):.1f}")
     console.print(histogram)
 
-    categories = Counter(s.meta["category"] for s in samples if s.meta.get("category"))
+    categories = Counter(s.meta.category for s in samples if s.meta.category)
     if categories:
         table = Table(title=f"Categories ({len(categories)}; top {min(top, len(categories))})")
         table.add_column("category")

@@ -85,7 +85,7 @@ def _parse_edges(text: str | None):
 
 def _samples(data, split, refer_root, dataset, split_by, config, data_key):
     from refseg.config import DatasetSpec, load_config
-    from refseg.data.dataset import load_samples, read_spec
+    from refseg.data.sources import load_samples, read_spec
     from refseg.errors import RefsegError
 
     given = [x is not None for x in (data, refer_root, config)]

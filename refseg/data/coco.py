@@ -28,7 +28,7 @@ from refseg.data.annotations import (
 )
 from refseg.data.images import load_label_map
 from refseg.data.masks import encode_rle
-from refseg.data.sample import RefSample, Region
+from refseg.data.sample import RefSample, Region, SampleMeta
 from refseg.errors import ConfigError
 
 
@@ -280,14 +280,13 @@ def _synthesized_samples(item: ImageRegions, n: int, rng: np.random.Generator) -
 def region_sample(item: ImageRegions, suffix: str, sentence: str, regions: list[Region], kind: str) -> RefSample:
     """A sample whose target is the union of ``regions`` (none: no target); mask as RLE."""
     mask = encode_rle(np.logical_or.reduce([r.mask for r in regions])) if regions else None
-    meta: dict[str, Any] = {
-        "kind": kind,
-        "region_ids": [r.id for r in regions],
-        "image_categories": sorted({r.category for r in item.regions}),
-    }
     categories = {r.category for r in regions}
-    if len(categories) == 1 and all(r.isthing for r in regions):
-        meta["category"] = categories.pop()
+    meta = SampleMeta(
+        kind=kind,
+        category=categories.pop() if len(categories) == 1 and all(r.isthing for r in regions) else None,
+        region_ids=[r.id for r in regions],
+        image_categories=sorted({r.category for r in item.regions}),
+    )
     return RefSample(
         id=f"{item.source}_{item.image_id}_{suffix}",
         image=item.path,

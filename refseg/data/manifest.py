@@ -8,7 +8,8 @@ Each line is a JSON object::
 ``mask`` is a PNG (non-zero = target) inside the manifest's folder, a COCO RLE (compressed or
 uncompressed, checked by :func:`~refseg.data.annotations.check_rle`) or ``null`` (no target).
 Relative paths are relative to the manifest file. Optional ``split``, ``source``
-and ``image_id`` fill the :class:`RefSample` fields of that name; every other key goes to ``meta``.
+and ``image_id`` fill the :class:`RefSample` fields of that name; every other key goes to ``meta``
+(:meth:`~refseg.data.sample.SampleMeta.from_record`: its typed fields, the rest in ``meta.extra``).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from refseg.data.annotations import check_rle, loads
 from refseg.data.masks import decode_mask, encode_rle
-from refseg.data.sample import RefSample
+from refseg.data.sample import RefSample, SampleMeta
 from refseg.errors import ConfigError
 from refseg.io import atomic_write_text, is_inside, save_mask_png, save_png
 
@@ -78,7 +79,9 @@ def _parse_line(line: bytes, base: Path, where: str, check_files: bool) -> RefSa
         if value is not None and not isinstance(value, (str, int)):
             raise ConfigError(f"{where}: {key!r} must be a string")
         fields[key] = None if value is None else str(value)
-    meta = {k: v for k, v in record.items() if k not in REQUIRED_KEYS and k not in _FIELD_KEYS}
+    meta = SampleMeta.from_record(
+        {k: v for k, v in record.items() if k not in REQUIRED_KEYS and k not in _FIELD_KEYS}, where
+    )
     return RefSample(
         id=record["id"],
         image=image,
@@ -162,10 +165,11 @@ class _ManifestWriter:
         for key in _FIELD_KEYS:
             if getattr(sample, key):
                 record[key] = getattr(sample, key)
-        clashes = set(sample.meta) & (set(REQUIRED_KEYS) | set(_FIELD_KEYS))
+        meta = sample.meta.to_record()
+        clashes = set(meta) & (set(REQUIRED_KEYS) | set(_FIELD_KEYS))
         if clashes:
             raise ConfigError(f"sample {sample.id}: meta keys {sorted(clashes)} clash with manifest fields")
-        record.update(sample.meta)
+        record.update(meta)
         return record
 
     def _relative(self, path: Path) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from refseg.data.annotations import check_coco, check_photo_size, read_json
 from refseg.data.coco import segmentation_rle
-from refseg.data.sample import RefSample
+from refseg.data.sample import RefSample, SampleMeta
 from refseg.errors import ConfigError
 
 #: Datasets and the ``splitBy`` variants released for each.
@@ -153,14 +153,16 @@ class ReferDataset:
                     split=str(ref["split"]),
                     source=self.source,
                     image_id=str(ref["image_id"]),
-                    meta={
-                        "ref_id": ref["ref_id"],
-                        "ann_id": ref["ann_id"],
-                        "sent_id": sentence["sent_id"],
-                        "category": self.categories.get(int(ref["category_id"]), str(ref["category_id"])),
-                        "category_id": int(ref["category_id"]),
-                        "raw": sentence.get("raw", text),
-                    },
+                    meta=SampleMeta(
+                        category=self.categories.get(int(ref["category_id"]), str(ref["category_id"])),
+                        category_id=int(ref["category_id"]),
+                        extra={
+                            "ref_id": ref["ref_id"],
+                            "ann_id": ref["ann_id"],
+                            "sent_id": sentence["sent_id"],
+                            "raw": sentence.get("raw", text),
+                        },
+                    ),
                 )
             )
         return samples

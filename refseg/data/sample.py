@@ -1,6 +1,7 @@
 """The one sample type every reader yields and every consumer takes."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -26,6 +27,51 @@ class Region:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: The :class:`SampleMeta` fields a manifest line stores (beside its ``extra`` keys).
+RECORD_FIELDS = ("kind", "region_ids", "image_categories", "category", "category_id")
+
+
+@dataclass
+class SampleMeta:
+    """What a reader knows about a sample beyond its expression and target.
+
+    The typed fields are those the library reads; ``extra`` keeps every other key as read (a
+    manifest's own keys, refer's ``ref_id`` / ``raw``, ShapeRef's ``difficulty`` …). The last two
+    fields are the category supervision set when a dataset is loaded for training
+    (:mod:`refseg.data.supervision`); they are not written to manifests.
+    """
+
+    kind: str | None = None  # how the expression was made: a synthesis rule, "caption", a ShapeRef kind …
+    category: str | None = None  # the target's category, when it is one thing category
+    category_id: int | None = None  # that category's id in its dataset (refer)
+    region_ids: list[int] | None = None  # the photo's regions whose union is the target (COCO, CamVid)
+    image_categories: list[str] | None = None  # every category annotated on the photo
+    extra: dict[str, Any] = field(default_factory=dict)
+    category_regions: list[tuple[int, dict]] | None = None  # (segmentation label, RLE) of the photo's regions
+    target_category: int = -1  # segmentation label of the target (-1: none or several)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready keys a manifest line stores: the typed fields that are set, then ``extra``."""
+        record = {name: getattr(self, name) for name in RECORD_FIELDS if getattr(self, name) is not None}
+        return {**record, **self.extra}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], where: str) -> "SampleMeta":
+        """The inverse of :meth:`to_record` (``where`` names the line in errors)."""
+        from pydantic import ValidationError
+
+        from refseg.errors import ConfigError
+
+        typed = {k: record[k] for k in RECORD_FIELDS if record.get(k) is not None}
+        try:
+            meta = _meta_adapter().validate_python(typed)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise ConfigError(f"{where}: {error['loc'][0]!r}: {error['msg'].lower()}") from None
+        meta.extra = {k: v for k, v in record.items() if k not in RECORD_FIELDS}
+        return meta
+
+
 @dataclass
 class RefSample:
     """An image, an expression and the mask it refers to (or no target).
@@ -41,7 +87,7 @@ class RefSample:
     split: str | None = None
     source: str = ""
     image_id: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: SampleMeta = field(default_factory=SampleMeta)
 
     @property
     def has_target(self) -> bool:
@@ -78,3 +124,11 @@ class RefSample:
                 f"{size[1]}x{size[0]}; masks must have the size of their photo"
             )
         return mask
+
+
+@functools.cache
+def _meta_adapter():
+    """pydantic validator of :class:`SampleMeta` (built once: building it takes milliseconds)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(SampleMeta)

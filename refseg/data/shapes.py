@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from refseg.data.sample import RefSample
+from refseg.data.sample import RefSample, SampleMeta
 from refseg.data.synthesis import Describer, Entity, Realizer, Scene
 from refseg.errors import ConfigError
 
@@ -302,8 +302,8 @@ def generate_samples(n: int, seed: int = 0, size: int | tuple[int, int] = 128,
                 id=f"shaperef-{seed}-{scene_index:06d}-{k}", image=scene.image, sentence=expr["text"],
                 mask=target, split=SPLITS[scene_index % len(SPLITS)], source="shaperef",
                 image_id=f"shaperef-{seed}-{scene_index:06d}",
-                meta={"kind": expr["kind"], "difficulty": expr["difficulty"], "n_words": expr["n_words"],
-                      "target_ids": expr["ids"]},
+                meta=SampleMeta(kind=expr["kind"], extra={"difficulty": expr["difficulty"], "n_words": expr["n_words"],
+                                                          "target_ids": expr["ids"]}),
             ))
         scene_index += 1
     return samples

@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-#: ImageNet statistics used by the EfficientNet-Lite weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from refseg.labels import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

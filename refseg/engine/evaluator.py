@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from refseg.data.dataset import Collator, FeatureCache, RefDataset
+from refseg.data.dataset import FeatureCache, RefDataset
+from refseg.engine.collate import Collator
 from refseg.data.sample import RefSample
 from refseg.engine.metrics import DEFAULT_LENGTH_EDGES, MetricAccumulator
 from refseg.models.base import RefSegModel

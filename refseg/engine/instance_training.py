@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from refseg.data.dataset import CATEGORY_REGIONS, image_key, mirror_text
+from refseg.data.augment import mirror_text
+from refseg.data.dataset import image_key
 from refseg.data.masks import decode_mask
 from refseg.data.sample import RefSample
 from refseg.data.transforms import Letterbox, to_tensor
@@ -75,9 +76,9 @@ def photo_views(model: InstanceRef, samples: list[RefSample], size: int, log: An
     for n, (key, group) in enumerate(by_photo.items(), 1):
         rgb = group[0].load_image()
         shape = rgb.shape[:2]
-        regions = [(label, decode_mask(rle, shape)) for label, rle in group[0].meta.get(CATEGORY_REGIONS, [])]
+        regions = [(label, decode_mask(rle, shape)) for label, rle in group[0].meta.category_regions or []]
         targets = [(s.sentence, s.load_mask(shape)) for s in group
-                   if s.mask is not None and len(s.meta.get("region_ids", [])) == 1]
+                   if s.mask is not None and len(s.meta.region_ids or []) == 1]
         for flip in (False, True) if mirrored else (False,):
             views.append(_view(model, key, rgb, regions, targets, size, flip))
         if n % 100 == 0:

@@ -37,8 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from refseg.config import Config, save_config, to_dict
-from refseg.data.dataset import Collator, FeatureCache, RefDataset, load_samples
+from refseg.config import Config, import_modules, save_config, to_dict
+from refseg.data.dataset import FeatureCache, RefDataset
+from refseg.data.sources import load_samples
+from refseg.engine.collate import Collator
 from refseg.data.sample import RefSample
 from refseg.errors import CheckpointError, ConfigError, TrainingError
 from refseg.models.base import Batch, RefSegModel, create_model
@@ -106,11 +108,7 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 def import_plugins(config: Config) -> None:
     """Import the modules listed in ``imports`` (they register custom models)."""
-    for module in config.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"imports: cannot import {module!r}: {exc}") from None
+    import_modules(config.imports)
 
 
 def build_model(config: Config, train_texts: list[str]) -> RefSegModel:

@@ -231,7 +231,7 @@ class CocoMobileNetV2(FrozenParts):
         trainable_stages: int = 0,
     ) -> None:
         super().__init__()
-        from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from refseg.labels import IMAGENET_MEAN, IMAGENET_STD
         from refseg.models.detector import MobileNetV2, Unit, graph_path
         from refseg.models.tf_graph import read_constants
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refseg.models import text as T
 from refseg.labels import SEGMENTATION_CATEGORIES
+from refseg.models import text as T
 
 #: Words that ask for several regions, with how many (0 = all that match).
 COUNT_WORDS = {"both": 2, "two": 2, "pair": 2, "three": 3, "four": 4, "five": 5, "all": 0, "every": 0,

@@ -18,16 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from refseg.vocabulary import COLOUR_NAMES, colour_shares
+from refseg.labels import IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION_CATEGORIES
 from refseg.models import text as T
 from refseg.models.base import Batch, ModelOutput, RefSegModel, register
 from refseg.models.boxes import nms
 from refseg.models.candidate_cues import CUE_GROUPS, CUE_NAMES, Candidates, cue_features
-from refseg.labels import SEGMENTATION_CATEGORIES
 from refseg.models.expression import ExpressionParser, ParsedExpression
 from refseg.models.instance_heads import MaskHead, StuffHead
 from refseg.models.layers import probability_to_logit
+from refseg.vocabulary import COLOUR_NAMES, colour_shares
 
 #: Label-space index of every stuff class (after the 80 COCO things), and the stuff head's "thing" class.
 NUM_THINGS = 80

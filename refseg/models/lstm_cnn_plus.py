@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refseg.errors import ConfigError
-from refseg.models.base import Batch, ModelOutput, register
 from refseg.labels import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
+from refseg.models.base import Batch, ModelOutput, register
 from refseg.models.image_text import ImageTextModel
 from refseg.models.layers import conv_block, probability_to_logit
 from refseg.models.losses import category_cross_entropy, weighted_bce

@@ -106,7 +106,7 @@ def test_position_gap_scores_side_word_expressions_as_written_and_mirrored(tmp_p
 
 
 def test_instance_focus_tells_the_named_instance_from_its_category():
-    from refseg.data.sample import Region, RefSample
+    from refseg.data.sample import Region, RefSample, SampleMeta
     from bench.human_dev.build import HumanDevItem
 
     left, right, grass = (np.zeros((4, 6), bool) for _ in range(3))
@@ -118,7 +118,7 @@ def test_instance_focus_tells_the_named_instance_from_its_category():
 
     def item(target: int, kind: str) -> HumanDevItem:
         mask = regions[target - 1].mask
-        return HumanDevItem(RefSample(str(target), np.zeros((4, 6, 3), np.uint8), "s", mask, meta={"kind": kind}),
+        return HumanDevItem(RefSample(str(target), np.zeros((4, 6, 3), np.uint8), "s", mask, meta=SampleMeta(kind=kind)),
                             regions, [target])
     zebra, meadow = item(1, "disambiguate"), item(3, "stuff")
     # both zebras marked: half the IoU with the one named, all of it with the category; grass left empty

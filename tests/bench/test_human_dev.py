@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refseg.data.sample import RefSample, Region
+from refseg.data.sample import RefSample, Region, SampleMeta
 from refseg.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def _item(regions: list[Region], target_ids: list[int]) -> "build.HumanDevItem":
     targets = [r for r in regions if r.id in target_ids]
     mask = np.logical_or.reduce([r.mask for r in targets])
     sample = RefSample("-".join(map(str, target_ids)), np.zeros((*mask.shape, 3), np.uint8), "s", mask,
-                       meta={"kind": build._kind(targets, regions)})
+                       meta=SampleMeta(kind=build._kind(targets, regions)))
     return build.HumanDevItem(sample, regions, target_ids)
 
 
@@ -131,5 +131,5 @@ def test_materialised_manifest_round_trips(items, tmp_path):
     assert [s.id for s in samples] == [item.sample.id for item in items[:5]]
     for sample, item in zip(samples, items):
         assert np.array_equal(sample.load_mask(), item.sample.mask)
-        assert sample.meta["kind"] == item.kind
+        assert sample.meta.kind == item.kind
     assert not list((tmp_path / "hd").rglob("*.jpg"))  # photos are referenced, never copied

@@ -9,7 +9,7 @@ import pytest
 from bench.human_dev.build import HumanDevItem
 from bench.instance_model import failure_step
 from refseg.api import Candidate
-from refseg.data.sample import RefSample
+from refseg.data.sample import RefSample, SampleMeta
 
 
 def box_mask(x1: int, y1: int, x2: int, y2: int, shape=(40, 60)) -> np.ndarray:
@@ -24,7 +24,7 @@ OTHER = (35, 5, 55, 30)  # the other zebra
 
 def item(kind: str = "disambiguate") -> HumanDevItem:
     sample = RefSample(id="x", image=np.zeros((40, 60, 3), np.uint8), sentence="zebra on the left",
-                       mask=box_mask(*TARGET), meta={"kind": kind, "categories": ["zebra"]})
+                       mask=box_mask(*TARGET), meta=SampleMeta(kind=kind, extra={"categories": ["zebra"]}))
     return HumanDevItem(sample, regions=[], target_ids=[1])
 
 

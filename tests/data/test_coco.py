@@ -21,7 +21,7 @@ from refseg.data.coco import (
     segmentation_rle,
 )
 from refseg.data.masks import decode_mask
-from refseg.data.sample import Region
+from refseg.data.sample import Region, SampleMeta
 from refseg.errors import ConfigError
 
 
@@ -82,8 +82,8 @@ def test_category_samples_union_instances_and_skip_crowded(tmp_path):
     assert [s.sentence for s in samples] == ["dog"]  # 'person' has a crowd region
     assert np.array_equal(samples[0].load_mask(), masks[0] | masks[1])
     assert samples[0].id == "test_7_c18"
-    assert samples[0].meta == {"kind": "category", "region_ids": [1, 2], "category": "dog",
-                               "image_categories": ["dog", "person"]}
+    assert samples[0].meta == SampleMeta(kind="category", category="dog", region_ids=[1, 2],
+                                         image_categories=["dog", "person"])
 
 
 def test_synthesized_samples_use_the_synthesis_function(tmp_path, monkeypatch):
@@ -106,7 +106,7 @@ def test_synthesized_samples_use_the_synthesis_function(tmp_path, monkeypatch):
     assert calls == [(4, (4, 5, 3), 3)]
     assert [s.sentence for s in samples] == ["the left dog", "both dogs", "a cat"]
     assert np.array_equal(samples[1].load_mask(), masks[0] | masks[1])
-    assert samples[0].meta["kind"] == "spatial" and samples[0].meta["category"] == "dog"
+    assert samples[0].meta.kind == "spatial" and samples[0].meta.category == "dog"
     assert samples[2].mask is None and samples[2].id == "test_7_s2"
 
 
@@ -183,7 +183,7 @@ def test_cli_convert_coco_instances_by_category(shared_data, tmp_path):
         assert not any(a["iscrowd"] for a in same)
         expected = np.logical_or.reduce([reference.annToMask(a) > 0 for a in same])
         assert np.array_equal(sample.load_mask(), expected), sample.id
-        assert sample.sentence and sample.meta["region_ids"] == [a["id"] for a in same]
+        assert sample.sentence and sample.meta.region_ids == [a["id"] for a in same]
 
 
 def test_cli_convert_coco_panoptic_synthesized(shared_data, tmp_path):
@@ -196,7 +196,7 @@ def test_cli_convert_coco_panoptic_synthesized(shared_data, tmp_path):
     regions = {(item.image_id, r.id): r for item in islice(CocoPanoptic(root, "val"), 3) for r in item.regions}
     assert 0 < len(samples) <= 12
     for sample in samples:
-        ids = sample.meta["region_ids"]
+        ids = sample.meta.region_ids
         if not ids:
             assert sample.mask is None
             continue

@@ -9,7 +9,7 @@ from PIL import Image
 
 from refseg.data.manifest import read_manifest, write_manifest
 from refseg.data.masks import encode_rle
-from refseg.data.sample import RefSample
+from refseg.data.sample import RefSample, SampleMeta
 from refseg.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ def test_round_trip(tmp_path, photo):
     left, right = _mask(0, 5, 0, 3), _mask(1, 4, 4, 7)
     array_image = np.random.default_rng(1).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     samples = [
-        RefSample("a", photo, "left thing", left, split="train", image_id="p", meta={"category": "dog"}),
+        RefSample("a", photo, "left thing", left, split="train", image_id="p", meta=SampleMeta(category="dog")),
         RefSample("b", photo, "the left one", left.copy(), split="train", image_id="p"),
         RefSample("c", photo, "right thing", encode_rle(right), split="val", source="coco"),
         RefSample("d", photo, "a unicorn", None, split="val"),
@@ -55,7 +55,7 @@ def test_round_trip(tmp_path, photo):
         assert loaded.sentence == original.sentence and loaded.split == original.split
         assert np.array_equal(loaded.load_mask(), original.load_mask((5, 7)))
         assert np.array_equal(loaded.load_image(), original.load_image())  # arrays written losslessly
-    assert back[0].meta == {"category": "dog"} and back[0].image_id == "p"
+    assert back[0].meta == SampleMeta(category="dog") and back[0].image_id == "p"
     assert back[2].source == "coco" and back[3].has_target is False
     assert [s.id for s in read_manifest(manifest, split="val")] == ["c", "d"]
 
@@ -126,10 +126,10 @@ def _cli(*args):
 
 def test_cli_stats(tmp_path, photo):
     samples = [
-        RefSample("a", photo, "dog", _mask(0, 1, 0, 1), split="train", image_id="p", meta={"category": "dog"}),
+        RefSample("a", photo, "dog", _mask(0, 1, 0, 1), split="train", image_id="p", meta=SampleMeta(category="dog")),
         RefSample("b", photo, "the big brown dog on the left", _mask(0, 2, 0, 2), split="train",
-                  image_id="p", meta={"category": "dog"}),
-        RefSample("c", photo, "a red cat", None, split="val", image_id="p", meta={"category": "cat"}),
+                  image_id="p", meta=SampleMeta(category="dog")),
+        RefSample("c", photo, "a red cat", None, split="val", image_id="p", meta=SampleMeta(category="cat")),
     ]
     manifest = write_manifest(samples, tmp_path / "out")
     result = _cli("data", "stats", str(manifest), "--buckets", "refcocog")

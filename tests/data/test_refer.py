@@ -111,11 +111,11 @@ def test_convert_all_splits_mask_by_mask(refer_root, tmp_path):
     assert [s.sentence for s in samples] == ["man on left", "guy in red", "dog", "person in the middle", "left man"]
     assert [s.split for s in samples] == ["train", "train", "testA", "testB", "val"]
     for sample in samples:
-        ann_id = sample.meta["ann_id"]
+        ann_id = sample.meta.extra["ann_id"]
         assert np.array_equal(sample.load_mask(), EXPECTED[ann_id]), sample.id
         assert sample.image.name == f"COCO_train2014_{int(sample.image_id):012d}.jpg"
         assert sample.load_image().shape[:2] == SIZES[int(sample.image_id)]
-    assert samples[2].meta["category"] == "dog" and samples[0].meta["raw"] == "Man on left."
+    assert samples[2].meta.category == "dog" and samples[0].meta.extra["raw"] == "Man on left."
     # the two sentences of ref 1 and ref 4 (same annotation) share one mask file
     assert len({s.mask for s in samples}) == 3
 
@@ -128,7 +128,7 @@ def test_split_selection_follows_the_refer_api(refer_root, tmp_path, split, refs
     result = _convert(refer_root, tmp_path / "out", "--split", split)
     assert result.exit_code == 0, result.output
     samples = read_manifest(tmp_path / "out" / "refs.jsonl")
-    assert sorted({s.meta["ref_id"] for s in samples}) == refs
+    assert sorted({s.meta.extra["ref_id"] for s in samples}) == refs
 
 
 def test_combined_test_splits():
@@ -211,13 +211,14 @@ def test_refer_training_samples_carry_category_supervision(refer_root):
     """The ref's category is the target category; every annotation of the photo (referred or
     not) labels the category map, in the segmentation label space of LSTM-CNN+ (COCO ids)."""
     from refseg.config import DatasetSpec
-    from refseg.data.dataset import TARGET_CATEGORY, category_map, read_spec
+    from refseg.data.sources import read_spec
+    from refseg.data.supervision import category_map
     from refseg.labels import COCO_ID_TO_SEGMENTATION
 
     spec = DatasetSpec(kind="refer", path=str(refer_root), dataset="refcoco", split_by="unc", split="train")
     samples = read_spec(spec, refer_root)
     person, bicycle = COCO_ID_TO_SEGMENTATION[1], COCO_ID_TO_SEGMENTATION[2]
-    assert [s.meta[TARGET_CATEGORY] for s in samples] == [person, person]
+    assert [s.meta.target_category for s in samples] == [person, person]
     labels = category_map(samples[0], SIZES[1])
     want = np.full(SIZES[1], -1)
     want[EXPECTED[101]] = person

@@ -21,8 +21,8 @@ from refseg.data.shapes import (
     scene_samples,
     write_shaperef,
 )
-from refseg.vocabulary import COLOUR_NAMES, name_colour
 from refseg.errors import ConfigError
+from refseg.vocabulary import COLOUR_NAMES, name_colour
 
 
 def _lab(rgb) -> np.ndarray:
@@ -121,17 +121,17 @@ def test_leftmost_and_rightmost_pick_the_extreme_matching_shape(seed):
 
 def test_samples_have_masks_for_targets_and_none_for_no_target():
     samples = generate_samples(120, seed=7)
-    kinds = {s.meta["kind"] for s in samples}
+    kinds = {s.meta.kind for s in samples}
     assert {"attribute", "spatial", "relation", "multi", "none"} <= kinds
     for s in samples:
-        if s.meta["kind"] == "none":
-            assert s.mask is None and s.meta["target_ids"] == []
+        if s.meta.kind == "none":
+            assert s.mask is None and s.meta.extra["target_ids"] == []
         else:
             assert s.mask is not None and s.mask.any()
             assert s.mask.shape == s.image.shape[:2]
-        if s.meta["kind"] == "multi":
-            assert len(s.meta["target_ids"]) >= 2
-        assert s.meta["n_words"] == len(s.sentence.split())
+        if s.meta.kind == "multi":
+            assert len(s.meta.extra["target_ids"]) >= 2
+        assert s.meta.extra["n_words"] == len(s.sentence.split())
         assert s.split in ("train", "val", "test")
     assert {s.split for s in samples} == {"train", "val", "test"}
     per_image = {}
@@ -151,7 +151,7 @@ def test_generation_is_deterministic_given_the_seed():
 
 def test_kind_and_length_options_are_honoured():
     only = generate_samples(40, seed=3, kinds=["attribute"], max_words=3)
-    assert {s.meta["kind"] for s in only} == {"attribute"}
+    assert {s.meta.kind for s in only} == {"attribute"}
     assert all(len(s.sentence.split()) <= 3 for s in only)
     long = generate_samples(20, seed=3, min_words=8)
     assert all(len(s.sentence.split()) >= 8 for s in long)
@@ -164,7 +164,7 @@ def test_kind_and_length_options_are_honoured():
 
 
 def test_lengths_span_one_to_fifteen_plus_words():
-    lengths = {s.meta["n_words"] for s in generate_samples(3000, seed=0)}
+    lengths = {s.meta.extra["n_words"] for s in generate_samples(3000, seed=0)}
     assert min(lengths) == 1 and max(lengths) >= 15
     assert set(range(1, 13)) <= lengths
 
@@ -185,6 +185,6 @@ def test_write_shaperef_writes_a_readable_manifest(tmp_path):
         assert (disk.load_image() == memory.image).all()
         assert (disk.load_mask((64, 64)) == memory.load_mask((64, 64))).all()
         assert disk.split == memory.split
-        assert {"kind", "difficulty", "n_words"} <= set(disk.meta)
+        assert disk.meta.kind and {"difficulty", "n_words"} <= set(disk.meta.extra)
     with pytest.raises(ConfigError):
         write_shaperef(tmp_path / "bad", n=5, seed=0, colour_scheme="neon")

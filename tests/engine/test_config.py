@@ -168,7 +168,7 @@ def test_relative_paths_in_a_config_file_are_relative_to_the_file(tmp_path, monk
 
 
 def test_photo_lists_must_exist_and_name_image_ids(tmp_path):
-    from refseg.data.dataset import read_image_ids
+    from refseg.data.sources import read_image_ids
 
     config = load_config(None, ["data.train.0.kind=shaperef", "data.train.0.n=10",
                                 f"data.train.0.exclude_images={tmp_path / 'dev.jsonl'}"])

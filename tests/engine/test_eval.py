@@ -73,14 +73,15 @@ def test_evaluator_scores_the_postprocessed_model_output(trained):
     samples = read_manifest(manifest, split="val")
     accumulator = evaluate(model, samples, meta["image_size"], batch_size=4)
     expected = MetricAccumulator()
-    from refseg.data.dataset import Collator, RefDataset
+    from refseg.data.dataset import RefDataset
+    from refseg.engine.collate import Collator
 
     dataset = RefDataset(samples, meta["image_size"])
     with torch.no_grad():
         for i, sample in enumerate(samples):  # one at a time, by hand
             item = dataset[i]
             batch = Collator(model.tokenize)([item]).batch
-            mask = postprocess(model(batch).logits[0], item["box"]).mask
+            mask = postprocess(model(batch).logits[0], item.box).mask
             expected.add(mask, None if sample.mask is None else sample.load_mask(), sample.sentence, sample.id)
     assert accumulator.summary() == expected.summary()
 

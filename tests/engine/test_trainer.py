@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from refseg.config import load_config
-from refseg.data.dataset import Collator, RefDataset, crop_window, has_position_words, mirror_text
-from refseg.data.sample import RefSample
+from refseg.data.augment import crop_window, has_position_words, mirror_text
+from refseg.data.dataset import RefDataset
+from refseg.engine.collate import Collator
+from refseg.data.sample import RefSample, SampleMeta
 from refseg.engine.checkpoint import load_model, load_training_state
 from refseg.engine.trainer import Trainer, _TrainStep, read_csv, train
 from refseg.errors import CheckpointError, ConfigError
@@ -223,12 +225,12 @@ def test_flip_keeps_expression_and_mask_consistent():
     dataset = RefDataset(samples, 32, augment, seed=0)
     for index, sample in enumerate(samples):
         item = dataset[index]
-        assert item["view"][1] is True
-        assert item["text"] == mirror_text(sample.sentence) != sample.sentence
+        assert item.view[1] is True
+        assert item.text == mirror_text(sample.sentence) != sample.sentence
         if sample.mask is not None:
-            box = item["box"]
+            box = item.box
             expected = np.ascontiguousarray(sample.load_mask()[:, ::-1])
-            assert np.array_equal(item["mask"][0].numpy() > 0.5, box.mask(expected))
+            assert np.array_equal(item.mask[0].numpy() > 0.5, box.mask(expected))
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index():
@@ -236,10 +238,10 @@ def test_augmentation_depends_only_on_seed_epoch_and_index():
     augment = load_config(None, ["data.augment.crop=1.0", "data.augment.hflip=0.5"]).data.augment
     a, b = RefDataset(samples, 32, augment, seed=7), RefDataset(samples, 32, augment, seed=7)
     a.set_epoch(3), b.set_epoch(3)
-    from_a = {i: a[i]["image"] for i in reversed(range(6))}  # access order does not matter
-    assert all(torch.equal(from_a[i], b[i]["image"]) for i in range(6))
+    from_a = {i: a[i].image for i in reversed(range(6))}  # access order does not matter
+    assert all(torch.equal(from_a[i], b[i].image) for i in range(6))
     b.set_epoch(4)
-    assert any(not torch.equal(a[i]["image"], b[i]["image"]) for i in range(6))
+    assert any(not torch.equal(a[i].image, b[i].image) for i in range(6))
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -278,7 +280,7 @@ def test_crops_can_spare_expressions_with_position_words():
                    f"data.augment.crop_positions={not spare}"]
         ).data.augment
         dataset = RefDataset(samples, 32, augment, seed=0)
-        boxes[spare] = [dataset[i]["box"] for i in range(8)]
+        boxes[spare] = [dataset[i].box for i in range(8)]
     sizes = [s.load_image().shape[:2] for s in samples]
     cropped = {spare: [(box.orig_h, box.orig_w) != size for box, size in zip(views, sizes)]
                for spare, views in boxes.items()}
@@ -289,24 +291,24 @@ def test_crops_can_spare_expressions_with_position_words():
 def test_copy_paste_makes_the_pasted_instance_the_target():
     base = square_samples(6, seed=9)
     donor = RefSample(id="donor", image=base[0].image, sentence="x", mask=base[0].mask, source="t",
-                      image_id="donor", meta={"category": "kite", "image_categories": ["kite"]})
+                      image_id="donor", meta=SampleMeta(category="kite", image_categories=["kite"]))
     dest = [RefSample(id=s.id, image=s.image, sentence=s.sentence, mask=s.mask, source="t", image_id=s.id,
-                      meta={"image_categories": ["square"]}) for s in base[1:]]
+                      meta=SampleMeta(image_categories=["square"])) for s in base[1:]]
     augment = load_config(None, ["data.augment.copy_paste=1.0", "data.augment.hflip=0"]).data.augment
     dataset = RefDataset([donor, *dest], 32, augment, seed=0)
     item = dataset[1]
-    assert item["text"] == "the kite" and item["view"] is None
+    assert item.text == "the kite" and item.view is None
     donor_pixels = donor.load_mask().sum()
-    assert 0 < item["mask"].sum() and donor_pixels > 0
+    assert 0 < item.mask.sum() and donor_pixels > 0
 
 
 def test_pair_paste_names_one_of_two_pasted_instances_by_side_or_size():
     base = square_samples(8, seed=9, size=80)
     donors = [RefSample(id=f"d{i}", image=s.image, sentence="x", mask=s.mask, source="t", image_id=f"d{i}",
-                        meta={"category": "kite", "image_categories": ["kite"], "region_ids": [1]})
+                        meta=SampleMeta(category="kite", image_categories=["kite"], region_ids=[1]))
               for i, s in enumerate(base[:2])]
     dest = [RefSample(id=s.id, image=s.image, sentence=s.sentence, mask=s.mask, source="t", image_id=s.id,
-                      meta={"image_categories": ["square"]}) for s in base[2:7]]
+                      meta=SampleMeta(image_categories=["square"])) for s in base[2:7]]
     augment = load_config(None, ["data.augment.pair_paste=1.0", "data.augment.hflip=0"]).data.augment
     dataset = RefDataset([*donors, *dest], 32, augment, seed=0, with_targets=True)
     seen = set()
@@ -331,11 +333,11 @@ def test_pair_paste_names_one_of_two_pasted_instances_by_side_or_size():
             assert target.sum() >= 1.6 * other.sum() if larger else other.sum() >= 1.6 * target.sum()
     assert seen == {"left", "right", "size"}
     item = dataset[3]  # through __getitem__: a pasted view (not cached) whose text names the kite
-    assert "kite" in item["text"] and item["view"] is None and item["target"].any()
+    assert "kite" in item.text and item.view is None and item.target.any()
 
 
 def test_shaperef_specs_split_one_generation_without_shared_scenes():
-    from refseg.data.dataset import load_samples
+    from refseg.data.sources import load_samples
 
     config = load_config(None, [
         "data.train.0.kind=shaperef", "data.train.0.n=60", "data.train.0.split=train", "data.train.0.options={size: 64}",
@@ -350,7 +352,7 @@ def test_shaperef_specs_split_one_generation_without_shared_scenes():
 def test_photo_lists_split_one_spec_into_held_out_photos_and_the_rest(tmp_path):
     import json
 
-    from refseg.data.dataset import load_samples
+    from refseg.data.sources import load_samples
 
     every = ["data.train.0.kind=shaperef", "data.train.0.n=40", "data.train.0.options={size: 64}"]
     samples = load_samples(load_config(None, every), "train")
@@ -364,7 +366,7 @@ def test_photo_lists_split_one_spec_into_held_out_photos_and_the_rest(tmp_path):
 
 
 def test_bundled_recipes_never_train_on_the_human_dev_photos():
-    from refseg.data.dataset import read_image_ids
+    from refseg.data.sources import read_image_ids
 
     dev = REPO / "bench" / "human_dev" / "expressions.jsonl"
     assert read_image_ids(dev)
@@ -380,7 +382,7 @@ def test_bundled_recipes_never_train_on_the_human_dev_photos():
 
 
 def test_coco_spec_on_real_data_gives_letterboxed_samples(shared_data, tmp_path):
-    from refseg.data.dataset import load_samples
+    from refseg.data.sources import load_samples
 
     config = load_config(None, [f"data.root={shared_data}", "data.train.0.kind=coco-instances",
                                 "data.train.0.path=coco-instances", "data.train.0.split=val",
@@ -388,27 +390,26 @@ def test_coco_spec_on_real_data_gives_letterboxed_samples(shared_data, tmp_path)
     samples = load_samples(config, "train")
     assert len(samples) == 12 and all(s.sentence and s.mask is not None for s in samples)
     item = RefDataset(samples, 96, with_targets=True)[0]
-    assert item["image"].shape == (3, 96, 96) and item["mask"].shape == (1, 96, 96)
+    assert item.image.shape == (3, 96, 96) and item.mask.shape == (1, 96, 96)
     photo = samples[0].load_image()
-    assert item["target"].shape == photo.shape[:2] and item["target"].any()
+    assert item.target.shape == photo.shape[:2] and item.target.any()
 
 
 def test_category_labels_follow_the_photo_through_flip_and_letterbox():
-    from refseg.data.dataset import CATEGORY_REGIONS
     from refseg.data.masks import encode_rle
 
     sample = square_samples(1, seed=3)[0]
     h, w = sample.image.shape[:2]
     left = np.zeros((h, w), dtype=bool)
     left[:, : w // 2] = True
-    sample.meta[CATEGORY_REGIONS] = [(7, encode_rle(left))]
-    plain = RefDataset([sample], 32)[0]["categories"]
-    box = RefDataset([sample], 32)[0]["box"]
+    sample.meta.category_regions = [(7, encode_rle(left))]
+    plain = RefDataset([sample], 32)[0].categories
+    box = RefDataset([sample], 32)[0].box
     assert plain.dtype == torch.int64 and plain.shape == (32, 32)
     assert (plain[: box.inner_h, 0] == 7).all() and (plain[: box.inner_h, box.inner_w - 1] == -1).all()
     assert (plain[box.inner_h :] == -1).all()  # padding is ignored
     flip = load_config(None, ["data.augment.hflip=1.0"]).data.augment
-    flipped = RefDataset([sample], 32, flip)[0]["categories"]
+    flipped = RefDataset([sample], 32, flip)[0].categories
     assert (flipped[: box.inner_h, 0] == -1).all() and (flipped[: box.inner_h, box.inner_w - 1] == 7).all()
     other = square_samples(2, seed=4)[1]  # no labels: filled with -1 in a mixed batch
     items = [RefDataset([sample], 32)[0], RefDataset([other], 32)[0]]
@@ -419,10 +420,8 @@ def test_category_labels_follow_the_photo_through_flip_and_letterbox():
 
 
 def test_target_categories_reach_the_batch_unless_pasted_over():
-    from refseg.data.dataset import TARGET_CATEGORY
-
     samples = square_samples(2, seed=5)
-    samples[0].meta[TARGET_CATEGORY] = 4
+    samples[0].meta.target_category = 4
     collate = Collator(lambda texts: (torch.ones(len(texts), 1, dtype=torch.long), torch.ones(len(texts), dtype=torch.long)))
     batch = collate([RefDataset(samples, 32)[i] for i in range(2)]).batch
     assert batch.target_categories.tolist() == [4, -1]

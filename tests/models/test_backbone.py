@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from refseg.errors import ConfigError
-from refseg.models.backbone import Backbone
 from refseg.labels import (
     CAMVID_TO_SEGMENTATION,
     COCO_PANOPTIC,
     IMAGENET_CLASSES,
     SEGMENTATION_CATEGORIES,
 )
+from refseg.models.backbone import Backbone
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from scipy import ndimage
 
-from refseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Letterbox, to_tensor
+from refseg.data.transforms import Letterbox, to_tensor
 from refseg.engine.metrics import MetricAccumulator, iou
+from refseg.labels import IMAGENET_MEAN, IMAGENET_STD
 from refseg.models import text as T
 
 sizes = st.integers(1, 160)
