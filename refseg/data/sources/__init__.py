@@ -9,12 +9,13 @@ A new format is one module that registers itself::
     def read_my_format(spec, path):
         return [...]  # RefSamples
 
-and, when it lives outside refseg, is named in the config's ``imports``. :func:`load_samples`
-reads the specs of a config and concatenates them.
+in this package (found by :func:`source_kinds`) or, outside refseg, named in the config's
+``imports``. :func:`load_samples` reads the specs of a config and concatenates them.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
     from refseg.data.sample import RefSample
 
 Reader = Callable[["DatasetSpec", "Path | None"], "list[RefSample]"]
-
-#: The built-in sources (imported on the first lookup).
-BUILTIN = ("manifest", "refer", "coco", "camvid", "shaperef")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -70,9 +67,9 @@ def register_source(
 
 
 def source_kinds() -> list[str]:
-    """The registered dataset kinds, in registration order."""
-    for module in BUILTIN:
-        importlib.import_module(f"{__name__}.{module}")
+    """The registered dataset kinds: every module of this package registers its own."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
     return list(_SOURCES)
 
 
