@@ -95,7 +95,7 @@ def _kind(targets: list[Region], regions: list[Region]) -> str:
         return "stuff"
     if len(targets) > 1:
         return "set"
-    same_category = [r for r in regions if r.category_id == targets[0].category_id and not r.meta.get("iscrowd")]
+    same_category = [r for r in regions if r.category_id == targets[0].category_id and not r.iscrowd]
     return "disambiguate" if len(same_category) > 1 else "unique"
 
 

@@ -88,7 +88,7 @@ def ground_captions(captions: list[str], regions: list[Region], min_area: float 
                 continue
             region = matches[0]
             mask = np.asarray(region.mask, dtype=bool)
-            if region.meta.get("iscrowd") or mask.sum() < min_area * mask.size:
+            if region.iscrowd or mask.sum() < min_area * mask.size:
                 continue
             seen.add(phrase)
             results.append(SynthExpression(phrase, [region.id], "caption", meta={"caption": caption}))

@@ -9,7 +9,7 @@ Layout (as released by COCO)::
 
 Every region (instance or panoptic segment) becomes a :class:`Region` with a boolean mask;
 crowd regions are kept (so expression synthesis knows about them) but flagged with
-``meta["iscrowd"]`` and left out of :attr:`ImageRegions.targets`. :func:`region_samples` turns an
+``iscrowd`` and left out of :attr:`ImageRegions.targets`. :func:`region_samples` turns an
 image's regions into :class:`RefSample` s, by category name or by synthesized expressions.
 :func:`iter_instances` / :func:`iter_panoptic` are the function forms of the readers.
 """
@@ -48,7 +48,7 @@ class ImageRegions:
     @property
     def targets(self) -> list[Region]:
         """Regions that may be referred to: everything but crowd regions."""
-        return [r for r in self.regions if not r.meta.get("iscrowd")]
+        return [r for r in self.regions if not r.iscrowd]
 
 
 def segmentation_rle(segmentation: Any, height: int, width: int) -> dict:
@@ -163,7 +163,8 @@ class _CocoReader:
             bbox=tuple(float(v) for v in bbox),
             area=int(mask.sum()),
             isthing=bool(category.get("isthing", 1)),
-            meta={"iscrowd": bool(iscrowd), "supercategory": category.get("supercategory", "")},
+            iscrowd=bool(iscrowd),
+            meta={"supercategory": category.get("supercategory", "")},
         )
 
 
@@ -251,7 +252,7 @@ def region_samples(
         return _synthesized_samples(item, synthesize, rng or np.random.default_rng())
     from refseg.labels import clean_category
 
-    crowded = {r.category_id for r in item.regions if r.meta.get("iscrowd")}
+    crowded = {r.category_id for r in item.regions if r.iscrowd}
     by_category: dict[int, list[Region]] = {}
     for region in item.targets:
         if region.category_id not in crowded:

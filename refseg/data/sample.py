@@ -24,7 +24,8 @@ class Region:
     bbox: tuple[float, float, float, float]  # x, y, w, h (COCO convention)
     area: int
     isthing: bool = True
-    meta: dict[str, Any] = field(default_factory=dict)
+    iscrowd: bool = False  # a COCO crowd region: known to be there, never a target
+    meta: dict[str, Any] = field(default_factory=dict)  # anything else the reader keeps (COCO's supercategory)
 
 
 #: The :class:`SampleMeta` fields a manifest line stores (beside its ``extra`` keys).

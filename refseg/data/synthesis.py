@@ -128,7 +128,7 @@ class Entity:
             rows[int(y + 0.2 * h): int(y + 0.65 * h) + 1] = True
             colour_mask = mask & rows[:, None]
         image_area = mask.shape[0] * mask.shape[1]
-        crowd = bool(region.meta.get("iscrowd") or region.meta.get("crowd"))
+        crowd = region.iscrowd
         area = int(mask.sum())
         measured = colour_mask.sum() >= MIN_COLOUR_PIXELS
         return cls(

@@ -57,7 +57,7 @@ def test_segmentation_kinds_decode_to_the_drawn_mask():
 
 
 def _region(rid, category, cid, mask, crowd=False):
-    return Region(rid, category, cid, mask, (0, 0, 1, 1), int(mask.sum()), meta={"iscrowd": crowd})
+    return Region(rid, category, cid, mask, (0, 0, 1, 1), int(mask.sum()), iscrowd=crowd)
 
 
 def _item(tmp_path):
@@ -126,10 +126,10 @@ def test_real_coco_instances(shared_data):
     reference = COCO(str(root / "annotations" / "instances_val2017.json"))  # pycocotools' own decoder
     for region in regions:
         ann = reference.anns[region.id]
-        assert region.meta["iscrowd"] == bool(ann["iscrowd"])
+        assert region.iscrowd == bool(ann["iscrowd"])
         assert region.mask.dtype == bool
         assert np.array_equal(region.mask, reference.annToMask(ann) > 0)
-    assert any(r.meta["iscrowd"] for r in regions)
+    assert any(r.iscrowd for r in regions)
     assert all(len(item.captions) >= 5 for item in items)
     assert all(item.path.is_file() and item.regions[0].mask.shape == (item.height, item.width)
                for item in items if item.regions)

@@ -24,10 +24,10 @@ THINGS = ("dog", "car", "cat", "person")
 H, W = 120, 160
 
 
-def _region(region_id: int, category: str, mask: np.ndarray, isthing: bool = True, **meta) -> Region:
+def _region(region_id: int, category: str, mask: np.ndarray, isthing: bool = True, iscrowd: bool = False) -> Region:
     ys, xs = np.nonzero(mask)
     bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
-    return Region(region_id, category, 0, mask, bbox, int(mask.sum()), isthing, dict(meta))
+    return Region(region_id, category, 0, mask, bbox, int(mask.sum()), isthing, iscrowd)
 
 
 @st.composite
@@ -181,7 +181,7 @@ def test_a_person_with_a_hidden_torso_has_an_unknown_colour_that_blocks_colour_u
     hidden[10:12, 100:140] = True  # the top rows of a 10..90 box: no pixel in its torso band
     image[visible | hidden] = COLOURS["red"]
     first = Entity.from_region(_region(1, "person", visible), image)
-    occluded = Region(2, "person", 0, hidden, (100.0, 10.0, 40.0, 80.0), int(hidden.sum()), True, {})
+    occluded = Region(2, "person", 0, hidden, (100.0, 10.0, 40.0, 80.0), int(hidden.sum()), True)
     second = Entity.from_region(occluded, image)  # its box still spans the whole person
     assert first.colour_is("red") is True
     assert second.colours is None and second.colour is None and second.colour_is("red") is None
@@ -252,7 +252,7 @@ def test_real_panoptic_photos(shared_data):
             count += 1
             kinds.add(expr.kind)
             targets = [by_id[i] for i in expr.region_ids]
-            assert all(not t.meta.get("iscrowd") for t in targets) or len(targets) > 1
+            assert all(not t.iscrowd for t in targets) or len(targets) > 1
             if len(targets) == 1:
                 assert targets[0].mask.sum() >= 0.01 * targets[0].mask.size
                 assert _named(targets[0].category, expr.text), expr
