@@ -68,7 +68,8 @@ class SampleMeta:
             meta = _meta_adapter().validate_python(typed)
         except ValidationError as exc:
             error = exc.errors()[0]
-            raise ConfigError(f"{where}: {error['loc'][0]!r}: {error['msg'].lower()}") from None
+            key = ".".join(str(part) for part in error["loc"])
+            raise ConfigError(f"{where}: {key!r}: {error['msg'].lower()}") from None
         meta.extra = {k: v for k, v in record.items() if k not in RECORD_FIELDS}
         return meta
 

@@ -90,6 +90,10 @@ def test_uncompressed_rle_and_absolute_paths(tmp_path, photo):
         ('{"id": "b", "image": "photos/p.jpg", "sentence": "x", "mask": {"counts": "x"}}', "RLE needs"),
         ('{"id": "b", "image": "photos/p.jpg", "sentence": "x", "mask": 3}', "mask must be"),
         ('{"id": "a", "image": "photos/p.jpg", "sentence": "x", "mask": null}', "duplicate id 'a'"),
+        ('{"id": "b", "image": "photos/p.jpg", "sentence": "x", "mask": null, "region_ids": "1"}',
+         "'region_ids': input should be a valid list"),
+        ('{"id": "b", "image": "photos/p.jpg", "sentence": "x", "mask": null, "image_categories": ["a", 3]}',
+         "'image_categories.1': input should be a valid string"),
     ],
 )
 def test_malformed_lines_name_the_line(tmp_path, photo, content, message):
