@@ -9,7 +9,6 @@
   a scale/crop jitter that keeps the target inside, and copy-paste of another sample's instance
   (the pasted instance becomes the target, named by its category).
 * :class:`Collator` stacks items and tokenises with the model's tokenizer.
-* :class:`FeatureCache` holds backbone taps per distinct image view when the backbone is frozen.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ from refseg.limits import check_canvas_size
 
 if TYPE_CHECKING:
     from refseg.config import AugmentConfig, Config, DatasetSpec
-    from refseg.models.base import Batch, RefSegModel
+    from refseg.models.base import Batch
 
 Tokenize = Callable[[list[str]], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -534,57 +533,3 @@ class Collated:
     boxes: list[Letterbox]
     views: list[tuple[str, bool] | None]
     targets: list[np.ndarray | None]
-
-
-# --------------------------------------------------------------------------- feature cache
-
-
-class FeatureCache:
-    """Backbone taps of every distinct image view, computed once: for training a frozen backbone,
-    or for evaluating any model (its weights are fixed then).
-
-    Views are computed in a fixed order and fixed batch size, so the cached values (and hence
-    the training run) do not depend on when the cache was filled — a resumed run gets the
-    same features bit for bit.
-    """
-
-    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
-        self.dtype = dtype
-        self._store: dict[tuple[str, bool], list[torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def __contains__(self, view: tuple[str, bool]) -> bool:
-        return view in self._store
-
-    @torch.no_grad()
-    def fill(
-        self,
-        model: "RefSegModel",
-        dataset: RefDataset,
-        device: torch.device,
-        batch_size: int = 16,
-        on_progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        """Compute the taps of every view of ``dataset`` not cached yet."""
-        todo = [(view, index) for view, index in dataset.views() if view not in self._store]
-        was_training = model.training
-        model.eval()
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            images = torch.stack([dataset.view_image(index, view[1]) for view, index in chunk]).to(device)
-            taps = model.encode_image(images)
-            for k, (view, _) in enumerate(chunk):
-                self._store[view] = [t[k].to("cpu", self.dtype).clone() for t in taps]
-            if on_progress is not None:
-                on_progress(min(start + batch_size, len(todo)), len(todo))
-        model.train(was_training)
-
-    def features(self, views: Sequence[tuple[str, bool]], device: torch.device) -> list[torch.Tensor]:
-        """Stacked taps ``[B, C, h, w]`` (one tensor per backbone level) for ``views``."""
-        per_item = [self._store[v] for v in views]
-        return [
-            torch.stack([item[level] for item in per_item]).to(device, torch.float32)
-            for level in range(len(per_item[0]))
-        ]

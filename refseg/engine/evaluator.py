@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from refseg.data.dataset import Collator, FeatureCache, RefDataset
+from refseg.data.dataset import Collator, RefDataset
 from refseg.data.sample import RefSample
+from refseg.engine.feature_cache import FeatureCache
 from refseg.engine.metrics import DEFAULT_LENGTH_EDGES, MetricAccumulator
 from refseg.models.base import RefSegModel
 from refseg.postprocess.masks import DEFAULT_THRESHOLD, postprocess
@@ -82,7 +83,7 @@ def evaluate(
     for collated in loader:
         batch = collated.batch
         if cached:
-            batch.features = feature_cache.features(collated.views, device)
+            batch.features = feature_cache.features(model, image_size, collated.views, device)
         with autocast():
             logits = model(batch.to(device)).logits.float()
         for k, index in enumerate(collated.indices):

@@ -7,15 +7,21 @@ keyword arguments and pass everything on: ``super().__init__(my_option=my_option
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from refseg.models.backbone import build_backbone
 from refseg.models.base import Batch, RefSegModel
 from refseg.models.text import DEFAULT_MAX_LEN
 from refseg.models.text_encoders import TextFeatures, build_text_encoder
+
+
+#: The options of :class:`BackboneModel` that shape its backbone.
+BACKBONE_OPTIONS = ("backbone", "pretrained", "output_stride", "freeze_backbone", "backbone_last",
+                    "backbone_trainable_stages")
 
 
 class BackboneModel(RefSegModel):
@@ -53,6 +59,20 @@ class BackboneModel(RefSegModel):
 
     def checkpoint_exclude(self) -> list[str]:
         return ["backbone."] if self.backbone.fully_frozen and self.config["pretrained"] else []
+
+    def feature_signature(self) -> str:
+        """A frozen pretrained backbone is the same for every model built with the same backbone options."""
+        if not (self.backbone.fully_frozen and self.config["pretrained"]):
+            return super().feature_signature()
+        options = {key: self.config[key] for key in BACKBONE_OPTIONS}
+        return f"{self.name}:{json.dumps(options, sort_keys=True)}"
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"head"`` and the fine-tuned part of the backbone, ``"backbone"``."""
+        in_backbone = {id(p) for p in self.backbone.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return {"head": [p for p in trainable if id(p) not in in_backbone],
+                "backbone": [p for p in trainable if id(p) in in_backbone]}
 
     def image_features(self, batch: Batch) -> list[Tensor]:
         """Cached backbone taps when the batch has them, else the backbone run on the images."""

@@ -108,11 +108,6 @@ class LstmCnnHead(nn.Module):
         return self.deconv(low)[..., :canvas, :canvas]
 
 
-def check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
-
-
 @register("lstm_cnn")
 class LstmCnn(ImageTextModel):
     """LSTM-CNN, paper 1 §3: LSTM sentence encoder (§3.2), L2-normalised CNN features with
@@ -128,11 +123,13 @@ class LstmCnn(ImageTextModel):
     weights to the classifier (:class:`LstmCnnHead`; 0 and ``"none"`` = the paper).
     """
 
+    stages = STAGES
+
     def __init__(
         self, classifier: int = 256, stage: str = "high", context: int = 0, text_coords: str = "none", **shared: Any
     ) -> None:
-        check_stage(stage)
         super().__init__(classifier=classifier, stage=stage, context=context, text_coords=text_coords, **shared)
+        self.set_stage(stage)
         self.head = LstmCnnHead(
             self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1], context, text_coords
         )
@@ -145,7 +142,7 @@ class LstmCnn(ImageTextModel):
         visual = self.image_features(batch)[-1]
         low = self.head.low_res(visual, self.encode_text(batch).sentence)
         extras = {"low_res_logits": low}
-        if self.config["stage"] == "low":
+        if self.stage == "low":
             return ModelOutput(low, extras)
         canvas = self.canvas_size(batch, visual, self.backbone.strides[-1])
         return ModelOutput(self.head.high_res(low, canvas), extras)
