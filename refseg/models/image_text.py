@@ -19,6 +19,8 @@ from refseg.models.text import DEFAULT_MAX_LEN
 from refseg.models.text_encoders import TextFeatures, build_text_encoder
 
 
+#: :meth:`BackboneModel.image_encoding` of the models that read only the deepest tap.
+DEEPEST_TAP = "deepest tap"
 #: The options of :class:`BackboneModel` that shape its backbone.
 BACKBONE_OPTIONS = ("backbone", "pretrained", "output_stride", "freeze_backbone", "backbone_last",
                     "backbone_trainable_stages")
@@ -60,12 +62,21 @@ class BackboneModel(RefSegModel):
     def checkpoint_exclude(self) -> list[str]:
         return ["backbone."] if self.backbone.fully_frozen and self.config["pretrained"] else []
 
+    def image_encoding(self) -> str:
+        """What ``encode_image`` returns, in words. Models with the same frozen pretrained backbone
+        and the same encoding share cached features; a model that overrides ``encode_image``
+        overrides this too (else its features are its own)."""
+        return "backbone taps"
+
     def feature_signature(self) -> str:
-        """A frozen pretrained backbone is the same for every model built with the same backbone options."""
-        if not (self.backbone.fully_frozen and self.config["pretrained"]):
+        """The image encoding and the backbone options, when the backbone is frozen and pretrained
+        (it is then rebuilt alike from the options)."""
+        cls = type(self)
+        declared = cls.encode_image is BackboneModel.encode_image or cls.image_encoding is not BackboneModel.image_encoding
+        if not (declared and self.backbone.fully_frozen and self.config["pretrained"]):
             return super().feature_signature()
         options = {key: self.config[key] for key in BACKBONE_OPTIONS}
-        return f"{self.name}:{json.dumps(options, sort_keys=True)}"
+        return f"{self.image_encoding()} {json.dumps(options, sort_keys=True)}"
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"head"`` and the fine-tuned part of the backbone, ``"backbone"``."""

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
-from refseg.models.image_text import ImageTextModel
+from refseg.models.image_text import DEEPEST_TAP, ImageTextModel
 from refseg.models.layers import bilinear_deconv, conv1x1_over_concat, coord_channels, l2_normalize
 
 STAGES = ("low", "high")
@@ -137,6 +137,9 @@ class LstmCnn(ImageTextModel):
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Only the deepest tap is read (and cached)."""
         return self.backbone(images)[-1:]
+
+    def image_encoding(self) -> str:
+        return DEEPEST_TAP
 
     def forward(self, batch: Batch) -> ModelOutput:
         visual = self.image_features(batch)[-1]

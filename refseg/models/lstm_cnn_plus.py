@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
 from refseg.models.categories import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
-from refseg.models.image_text import ImageTextModel
+from refseg.models.image_text import DEEPEST_TAP, ImageTextModel
 from refseg.models.layers import conv_block, probability_to_logit
 from refseg.models.losses import category_cross_entropy, weighted_bce
 from refseg.models.lstm_cnn import STAGES, LstmCnnHead
@@ -163,12 +163,15 @@ class LstmCnnPlus(ImageTextModel):
         """p_image of the ImageNet source: [B, 1000, h, w] class probabilities at every location."""
         return self.backbone.imagenet_logits(visual).softmax(dim=1)
 
-    def feature_signature(self) -> str:
-        """The ImageNet source adds p_image to the taps."""
-        return f"{super().feature_signature()}:{self.config['category_source']}"
+    def image_encoding(self) -> str:
+        return f"p_image + {DEEPEST_TAP}" if self.config["category_source"] == "imagenet" else DEEPEST_TAP
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
-        """``[visual]`` (the deepest tap), or ``[p_image, visual]`` for the ImageNet source."""
+        """``[visual]`` (the deepest tap), or ``[p_image, visual]`` for the ImageNet source.
+
+        The deepest tap stays last, as in the backbone's own taps, so :meth:`forward` also accepts
+        those (it computes p_image itself when the features come without it).
+        """
         visual = self.backbone(images)[-1]
         if self.config["category_source"] == "imagenet":
             return [self.imagenet_probabilities(visual), visual]
@@ -183,8 +186,10 @@ class LstmCnnPlus(ImageTextModel):
         if self.config["category_source"] == "segmentation":
             category_logits = self.category_head(visual)
             p_image = category_logits.softmax(dim=1)
-        else:
+        elif len(features) == 2:  # the layout of encode_image
             p_image = features[0]
+        else:  # the backbone's own taps (e.g. computed for another model): no p_image among them
+            p_image = self.imagenet_probabilities(visual)
         text_logits = self.text_class_logits(text)
         category_map = torch.einsum("bmhw,bm->bhw", p_image, text_logits.softmax(dim=-1)).unsqueeze(1)
         average = self.config["fusion"] == "average"

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from refseg.config import load_config
 from refseg.engine import checkpoint as checkpoint_module
+from refseg.engine import checkpointer as checkpointer_module
 from refseg.engine.checkpoint import load_training_state
 from refseg.engine.hooks import read_csv
 from refseg.engine.trainer import train
@@ -130,7 +131,7 @@ def test_death_between_the_model_file_and_the_training_state_is_harmless(tmp_pat
 
     config.train.out_dir = str(tmp_path / "killed")
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint_module, "save_training_state", die_on_second_state)
+        patch.setattr(checkpointer_module, "save_training_state", die_on_second_state)
         with pytest.raises(Killed):
             train(config)
     killed = tmp_path / "killed"
