@@ -2,7 +2,6 @@
 :class:`~refseg.engine.trainer.Trainer`, which calls them in the order of its ``build_hooks()``.
 
 * :class:`StageSchedule` — the two-stage schedule (paper 1 §4.2) of a model with stages;
-* :class:`DivergenceGuard` — stops a run whose loss is NaN or infinite (:class:`~refseg.errors.TrainingError`);
 * :class:`Validation` — metrics on ``data.val`` every ``train.eval_every`` epochs and at the end; the best;
 * :class:`MetricsLog` — ``train.csv``, ``val.csv`` and TensorBoard scalars (rank 0);
 * :class:`EpochCheckpoint` and :class:`PeriodicCheckpoint` — checkpoints after each epoch and every
@@ -14,10 +13,7 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
-
-from refseg.engine.checkpointer import Checkpointer, RunningMeans, divergence_error
+from refseg.engine.checkpointer import Checkpointer, RunningMeans
 
 if TYPE_CHECKING:
     from refseg.engine.trainer import Trainer
@@ -55,18 +51,6 @@ class StageSchedule(Hook):
         model.set_stage(model.stages[0] if epoch < self.epochs else model.stages[-1])
         if self.restart and epoch == self.epochs and not trainer.state.batches_done:
             trainer.optimizer.state.clear()
-
-
-class DivergenceGuard(Hook):
-    """Stops the run when the loss of any process is NaN or infinite (all processes agree, so all stop)."""
-
-    def after_step(self, trainer: "Trainer") -> None:
-        loss = trainer.state.loss
-        bad = (~torch.isfinite(loss.float())).float().reshape(1)
-        if trainer.runtime.world > 1:
-            dist.all_reduce(bad)
-        if bad.item() > 0:
-            raise divergence_error(trainer, f"at step {trainer.state.step}: the loss is {float(loss):g}")
 
 
 class Validation(Hook):

@@ -41,7 +41,7 @@ from refseg.engine.checkpointer import (
 )
 from refseg.engine.feature_cache import FeatureCache
 from refseg.engine.hooks import (
-    DivergenceGuard, EpochCheckpoint, Hook, MetricsLog, PeriodicCheckpoint, StageSchedule, Validation,
+    EpochCheckpoint, Hook, MetricsLog, PeriodicCheckpoint, StageSchedule, Validation,
 )
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, RefSegModel, build_model
@@ -234,13 +234,12 @@ class Trainer:
         return self.out_dir
 
     def build_hooks(self) -> list[Hook]:
-        """The hooks of the run in calling order: the guard before anything logs or saves a step,
-        validation before its row is logged, the log before the checkpoint (which may stop the run)."""
+        """The hooks of the run in calling order: validation before its row is logged, the log before
+        the checkpoint (which may stop the run: it refuses weights that are no longer finite)."""
         t = self.config.train
         hooks: list[Hook] = []
         if t.low_res_epochs > 0 and self.model.stages:
             hooks.append(StageSchedule(t.low_res_epochs, t.stage_restart))
-        hooks.append(DivergenceGuard())
         if self.val_samples:
             hooks.append(Validation(t.eval_every, t.best_metric))
         if self.runtime.is_main:
@@ -376,6 +375,8 @@ class Trainer:
         batch = batch.to(rt.device)
         with rt.autocast():
             loss, logits = step_module(batch)
+        if _diverged(loss, rt.world):
+            raise divergence_error(self, f"at step {state.step + 1}: the loss is {float(loss.detach()):g}")
         optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:  # False for models with nothing to train (whole_image)
             scaler.scale(loss).backward()
@@ -479,6 +480,14 @@ class Trainer:
                 yield advance
 
         return bar()
+
+
+def _diverged(loss: Tensor, world: int) -> bool:
+    """Whether the loss of any process is NaN or infinite (all processes agree, so all stop)."""
+    bad = (~torch.isfinite(loss.detach().float())).float().reshape(1)
+    if world > 1:
+        dist.all_reduce(bad)
+    return bool(bad.item() > 0)
 
 
 def train(config: Config, resume: str | Path | None = None, console: Any = None) -> Path:
