@@ -447,3 +447,22 @@ def test_feature_cache_of_a_trainable_backbone_holds_plain_tensors():
     assert not features[0].requires_grad
     expected = model.encode_image(dataset.view_image(index, view[1])[None])[0]
     torch.testing.assert_close(features[0], expected.detach())
+
+
+def test_feature_cache_keys_keep_models_and_canvases_apart():
+    """Two models with random frozen stems (their own features) and two canvas sizes share one cache."""
+    from refseg.engine.feature_cache import FeatureCache
+
+    cpu = torch.device("cpu")
+    samples = square_samples(3, seed=4)
+    small, large = RefDataset(samples, 32, cached=True), RefDataset(samples, 48, cached=True)
+    a, b = TinyEngineModel(), TinyEngineModel()
+    cache = FeatureCache(torch.float32)
+    cache.fill(a, small, cpu)
+    assert not cache.missing(a, small) and len(cache.missing(b, small)) == len(cache.missing(a, large)) == 3
+    cache.fill(b, small, cpu)
+    cache.fill(a, large, cpu)
+    view, index = small.views()[0]
+    for model, dataset in ((a, small), (b, small), (a, large)):
+        expected = model.encode_image(dataset.view_image(index, view[1])[None])[0]
+        torch.testing.assert_close(cache.features(model, dataset.image_size, [view], cpu)[0], expected.detach())
