@@ -2,11 +2,11 @@
 
 ``train(config)`` writes into the run folder (``train.out_dir``) ``config.yaml`` (the resolved
 config), the logs and the checkpoints. :class:`Trainer` builds the run — model (new, or the one
-being resumed), data, optimiser, schedule, feature cache — and then runs a short step loop; what
-happens around the steps is done by hooks (:mod:`refseg.engine.hooks`, listed by
-:meth:`Trainer.build_hooks`): the two-stage schedule, the divergence guard, validation and the
-best metric, ``train.csv`` / ``val.csv`` / TensorBoard, and the checkpoints
-(:mod:`refseg.engine.checkpointer`, which also describes what makes resume exact).
+being resumed), data, optimiser, schedule, feature cache — and then runs a short step loop (a
+step stops the run on a NaN or infinite loss, before its backward pass); what happens around the
+steps is done by hooks (:mod:`refseg.engine.hooks`, listed by :meth:`Trainer.build_hooks`): the
+two-stage schedule, validation and the best metric, ``train.csv`` / ``val.csv`` / TensorBoard, and
+the checkpoints (:mod:`refseg.engine.checkpointer`, which also describes what makes resume exact).
 
 Under ``torchrun`` each process trains on its shard (gloo on CPU, NCCL on GPU) and validation
 metrics are gathered across processes. Models listed in :data:`STAGED_TRAINING` are trained by
@@ -40,9 +40,7 @@ from refseg.engine.checkpointer import (
     resolve_resume,
 )
 from refseg.engine.feature_cache import FeatureCache
-from refseg.engine.hooks import (
-    EpochCheckpoint, Hook, MetricsLog, PeriodicCheckpoint, StageSchedule, Validation,
-)
+from refseg.engine.hooks import EpochCheckpoint, Hook, MetricsLog, PeriodicCheckpoint, StageSchedule, Validation
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, RefSegModel, build_model
 from refseg.models.losses import distractor_logistic, soft_iou
@@ -54,7 +52,6 @@ STAGED_TRAINING = {"instance_ref": "refseg.engine.instance_training"}
 # --------------------------------------------------------------------------- process setup
 
 
-@dataclass
 @dataclass
 class Runtime:
     """Where this process runs: rank, world size, device, mixed precision."""
