@@ -128,8 +128,9 @@ def threshold_sweep(
     import torch
 
     from refseg.config import load_config
-    from refseg.data.dataset import FeatureCache, RefDataset
+    from refseg.data.dataset import RefDataset
     from refseg.data.sources import load_samples
+    from refseg.engine.feature_cache import FeatureCache
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate, model_image_size
 
@@ -159,7 +160,8 @@ def position_gap(checkpoint: str | Path, sample_sets: Sequence[Sequence]) -> lis
     import torch
 
     from refseg.data.augment import mirror_text
-    from refseg.data.dataset import FeatureCache, RefDataset
+    from refseg.data.dataset import RefDataset
+    from refseg.engine.feature_cache import FeatureCache
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
@@ -293,14 +295,14 @@ def sweep(plan_path: str | Path, only: Sequence[str] = ()) -> list[Path]:
     (``key=value``, applied first) and ``variants``, each a ``name``, an optional ``model`` mapping
     that replaces the base model, and its own ``overrides``.
     Runs whose frozen backbones give identical features (same backbone, output stride, last tap and
-    image size) share one :class:`~refseg.data.dataset.FeatureCache`, so EfficientNet features are
+    image size) share one :class:`~refseg.engine.feature_cache.FeatureCache`, so EfficientNet features are
     computed once per photo view for the whole sweep instead of once per run.
     """
     import torch
     import yaml
 
     from refseg.config import ModelConfig, apply_override, load_config
-    from refseg.data.dataset import FeatureCache
+    from refseg.engine.feature_cache import FeatureCache
     from refseg.engine.trainer import Trainer
 
     plan_path = Path(plan_path)

@@ -131,8 +131,9 @@ def cues(run: str | Path, items: Sequence[HumanDevItem], config: str | Path = IN
     import torch
 
     from refseg.config import load_config
-    from refseg.data.dataset import FeatureCache, RefDataset
+    from refseg.data.dataset import RefDataset
     from refseg.data.sources import load_samples
+    from refseg.engine.feature_cache import FeatureCache
     from refseg.engine.checkpoint import load_model
     from refseg.engine.evaluator import evaluate
     from refseg.engine.instance_training import photo_views, scorer_examples, train_scorer

@@ -74,7 +74,7 @@ def load_segmenter(model: str | None, config: str | None, image_size: int | None
     if config is None:
         return Segmenter.from_pretrained(model, image_size=image_size)
     from refseg.config import load_config
-    from refseg.engine.trainer import build_model
+    from refseg.models.base import build_model
 
     cfg = load_config(config)
     model = build_model(cfg, list(TEN_EXPRESSIONS))  # `vocab: train` becomes these expressions' words

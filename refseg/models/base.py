@@ -7,11 +7,18 @@ knows the original image size and never thresholds: :mod:`refseg.postprocess` do
 """
 from __future__ import annotations
 
+import inspect
+import itertools
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from refseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from refseg.config import Config
 
 
 @dataclass
@@ -65,10 +72,15 @@ class RefSegModel(nn.Module):
     name: str = ""
     #: Why the model cannot be exported as one ONNX graph (None: it can).
     onnx_unsupported: str | None = None
+    #: Stages of a coarse-to-fine training schedule, coarse first (``train.low_res_epochs``). A model
+    #: with stages takes a ``stage`` keyword and its ``forward`` depends on :attr:`stage`.
+    stages: tuple[str, ...] = ()
+    stage: str | None = None
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
         self.config: dict[str, Any] = dict(config)
+        self._instance = next(_INSTANCES)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Expressions → (token ids [B, T] long, lengths [B] long)."""
@@ -88,6 +100,28 @@ class RefSegModel(nn.Module):
         """True when ``encode_image`` has no trainable parameters (features may be cached)."""
         return False
 
+    def feature_signature(self) -> str:
+        """What ``encode_image`` depends on: the first part of a feature-cache key. Default: this model
+        object alone; models whose frozen encoder is rebuilt alike from their options say so."""
+        return f"{self.name}#{self._instance}"
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by optimiser group, first group first. The trainer gives a group named
+        ``"backbone"`` ``train.lr * train.backbone_lr_scale`` and the others ``train.lr``. Default: one
+        ``"head"`` group."""
+        return {"head": [p for p in self.parameters() if p.requires_grad]}
+
+    def set_stage(self, stage: str) -> None:
+        """Run as one of :attr:`stages` from now on (:attr:`config` keeps the stage it was built with)."""
+        if stage not in self.stages:
+            raise ConfigError(f"stage must be one of {self.stages}, got {stage!r}")
+        self.stage = stage
+
+    def saved_config(self) -> dict[str, Any]:
+        """The constructor keywords that rebuild the model as it runs now: :attr:`config`, with the
+        stage it was switched to."""
+        return {**self.config, "stage": self.stage} if self.stages else dict(self.config)
+
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -98,6 +132,7 @@ class RefSegModel(nn.Module):
         return weighted_bce(out.logits, batch.masks, batch.valid)
 
 
+_INSTANCES = itertools.count()
 M = TypeVar("M", bound=type[RefSegModel])
 _REGISTRY: dict[str, type[RefSegModel]] = {}
 
@@ -128,7 +163,60 @@ def create_model(name: str, **config: Any) -> RefSegModel:
     """Build a registered model by name; ``config`` goes to its constructor."""
     _import_models()
     if name not in _REGISTRY:
-        from refseg.errors import ConfigError
-
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**config)
+
+
+def import_plugins(config: "Config") -> None:
+    """Import the modules listed in ``imports`` (they register custom models)."""
+    from refseg.config import import_modules
+
+    import_modules(config.imports)
+
+
+def build_model(config: "Config", train_texts: list[str]) -> RefSegModel:
+    """The model of a training config: ``create_model(config.model.name, **config.model.kwargs)``
+    after checking the kwargs against the constructor chain. ``vocab: train`` becomes the vocabulary
+    of ``train_texts`` and ``words: train`` (per-word baseline) their ``num_words`` most frequent words."""
+    import_plugins(config)
+    _import_models()
+    cls = _REGISTRY.get(config.model.name)
+    if cls is None:
+        return create_model(config.model.name)  # raises the ConfigError listing the models
+    kwargs = dict(config.model.kwargs)
+    valid = constructor_keys(cls)
+    unknown = sorted(set(kwargs) - valid) if valid is not None else []
+    if unknown:
+        from refseg.config import suggest
+
+        raise ConfigError(
+            f"unknown model key 'model.{unknown[0]}' for {config.model.name}{suggest(unknown[0], sorted(valid))}"
+        )
+    if kwargs.get("vocab") == "train":
+        from refseg.models.text import Vocab
+
+        kwargs["vocab"] = Vocab.build(train_texts).to_list()
+    if kwargs.get("words") == "train":  # per-word baseline: the N most frequent training words
+        from refseg.models.text import most_frequent_words
+
+        kwargs["words"] = most_frequent_words(train_texts, int(kwargs.get("num_words", 500)))
+    try:
+        return create_model(config.model.name, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model {config.model.name}: {str(exc).splitlines()[0]}") from None
+
+
+def constructor_keys(cls: type[RefSegModel]) -> set[str] | None:
+    """Keyword arguments a model class accepts, following ``**kwargs`` up to :class:`RefSegModel`
+    (None when some constructor accepts anything)."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is RefSegModel:
+            return keys
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        keys |= {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return keys
+    return None

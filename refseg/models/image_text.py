@@ -7,15 +7,23 @@ keyword arguments and pass everything on: ``super().__init__(my_option=my_option
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from refseg.models.backbone import build_backbone
 from refseg.models.base import Batch, RefSegModel
 from refseg.models.text import DEFAULT_MAX_LEN
 from refseg.models.text_encoders import TextFeatures, build_text_encoder
+
+
+#: :meth:`BackboneModel.image_encoding` of the models that read only the deepest tap.
+DEEPEST_TAP = "deepest tap"
+#: The options of :class:`BackboneModel` that shape its backbone.
+BACKBONE_OPTIONS = ("backbone", "pretrained", "output_stride", "freeze_backbone", "backbone_last",
+                    "backbone_trainable_stages")
 
 
 class BackboneModel(RefSegModel):
@@ -53,6 +61,29 @@ class BackboneModel(RefSegModel):
 
     def checkpoint_exclude(self) -> list[str]:
         return ["backbone."] if self.backbone.fully_frozen and self.config["pretrained"] else []
+
+    def image_encoding(self) -> str:
+        """What ``encode_image`` returns, in words. Models with the same frozen pretrained backbone
+        and the same encoding share cached features; a model that overrides ``encode_image``
+        overrides this too (else its features are its own)."""
+        return "backbone taps"
+
+    def feature_signature(self) -> str:
+        """The image encoding and the backbone options, when the backbone is frozen and pretrained
+        (it is then rebuilt alike from the options)."""
+        cls = type(self)
+        declared = cls.encode_image is BackboneModel.encode_image or cls.image_encoding is not BackboneModel.image_encoding
+        if not (declared and self.backbone.fully_frozen and self.config["pretrained"]):
+            return super().feature_signature()
+        options = {key: self.config[key] for key in BACKBONE_OPTIONS}
+        return f"{self.image_encoding()} {json.dumps(options, sort_keys=True)}"
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"head"`` and the fine-tuned part of the backbone, ``"backbone"``."""
+        in_backbone = {id(p) for p in self.backbone.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return {"head": [p for p in trainable if id(p) not in in_backbone],
+                "backbone": [p for p in trainable if id(p) in in_backbone]}
 
     def image_features(self, batch: Batch) -> list[Tensor]:
         """Cached backbone taps when the batch has them, else the backbone run on the images."""

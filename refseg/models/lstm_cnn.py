@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
-from refseg.models.image_text import ImageTextModel
+from refseg.models.image_text import DEEPEST_TAP, ImageTextModel
 from refseg.models.layers import bilinear_deconv, conv1x1_over_concat, coord_channels, l2_normalize
 
 STAGES = ("low", "high")
@@ -108,11 +108,6 @@ class LstmCnnHead(nn.Module):
         return self.deconv(low)[..., :canvas, :canvas]
 
 
-def check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
-
-
 @register("lstm_cnn")
 class LstmCnn(ImageTextModel):
     """LSTM-CNN, paper 1 §3: LSTM sentence encoder (§3.2), L2-normalised CNN features with
@@ -128,11 +123,13 @@ class LstmCnn(ImageTextModel):
     weights to the classifier (:class:`LstmCnnHead`; 0 and ``"none"`` = the paper).
     """
 
+    stages = STAGES
+
     def __init__(
         self, classifier: int = 256, stage: str = "high", context: int = 0, text_coords: str = "none", **shared: Any
     ) -> None:
-        check_stage(stage)
         super().__init__(classifier=classifier, stage=stage, context=context, text_coords=text_coords, **shared)
+        self.set_stage(stage)
         self.head = LstmCnnHead(
             self.backbone.channels[-1], self.text.dim, classifier, self.backbone.strides[-1], context, text_coords
         )
@@ -141,11 +138,14 @@ class LstmCnn(ImageTextModel):
         """Only the deepest tap is read (and cached)."""
         return self.backbone(images)[-1:]
 
+    def image_encoding(self) -> str:
+        return DEEPEST_TAP
+
     def forward(self, batch: Batch) -> ModelOutput:
         visual = self.image_features(batch)[-1]
         low = self.head.low_res(visual, self.encode_text(batch).sentence)
         extras = {"low_res_logits": low}
-        if self.config["stage"] == "low":
+        if self.stage == "low":
             return ModelOutput(low, extras)
         canvas = self.canvas_size(batch, visual, self.backbone.strides[-1])
         return ModelOutput(self.head.high_res(low, canvas), extras)

@@ -13,10 +13,10 @@ from torch import Tensor, nn
 from refseg.errors import ConfigError
 from refseg.labels import IMAGENET_CLASSES, SEGMENTATION_CATEGORIES
 from refseg.models.base import Batch, ModelOutput, register
-from refseg.models.image_text import ImageTextModel
+from refseg.models.image_text import DEEPEST_TAP, ImageTextModel
 from refseg.models.layers import conv_block, probability_to_logit
 from refseg.models.losses import category_cross_entropy, weighted_bce
-from refseg.models.lstm_cnn import LstmCnnHead, check_stage
+from refseg.models.lstm_cnn import STAGES, LstmCnnHead
 from refseg.models.text_encoders import TextFeatures
 
 CATEGORY_SOURCES = ("segmentation", "imagenet")
@@ -76,6 +76,8 @@ class LstmCnnPlus(ImageTextModel):
     (segmentation source).
     """
 
+    stages = STAGES
+
     def __init__(
         self,
         classifier: int = 256,
@@ -94,7 +96,6 @@ class LstmCnnPlus(ImageTextModel):
         freeze_embedding: bool | None = None,
         **shared: Any,
     ) -> None:
-        check_stage(stage)
         if freeze_embedding is None:  # GloVe vectors stay fixed (§2.1); random ones must learn
             freeze_embedding = embedding != "learned"
         if category_source not in CATEGORY_SOURCES:
@@ -124,6 +125,7 @@ class LstmCnnPlus(ImageTextModel):
             freeze_embedding=freeze_embedding,
             **shared,
         )
+        self.set_stage(stage)
         if category_source == "imagenet" and not self.backbone.num_classes:
             raise ConfigError(f"backbone {self.backbone.name} has no ImageNet classifier: use category_source=segmentation")
         visual_dim, stride = self.backbone.channels[-1], self.backbone.strides[-1]
@@ -161,12 +163,14 @@ class LstmCnnPlus(ImageTextModel):
         """p_image of the ImageNet source: [B, 1000, h, w] class probabilities at every location."""
         return self.backbone.imagenet_logits(visual).softmax(dim=1)
 
+    def image_encoding(self) -> str:
+        return f"p_image + {DEEPEST_TAP}" if self.config["category_source"] == "imagenet" else DEEPEST_TAP
+
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """``[visual]`` (the deepest tap), or ``[p_image, visual]`` for the ImageNet source.
 
-        The deepest tap stays last, as for the other models over the same backbone, so a feature
-        cache shared with them still gives them their input; :meth:`forward` computes p_image
-        itself when the features come without it.
+        The deepest tap stays last, as in the backbone's own taps, so :meth:`forward` also accepts
+        those (it computes p_image itself when the features come without it).
         """
         visual = self.backbone(images)[-1]
         if self.config["category_source"] == "imagenet":
@@ -184,7 +188,7 @@ class LstmCnnPlus(ImageTextModel):
             p_image = category_logits.softmax(dim=1)
         elif len(features) == 2:  # the layout of encode_image
             p_image = features[0]
-        else:  # taps cached by another model over the same backbone: no p_image among them
+        else:  # the backbone's own taps (e.g. computed for another model): no p_image among them
             p_image = self.imagenet_probabilities(visual)
         text_logits = self.text_class_logits(text)
         category_map = torch.einsum("bmhw,bm->bhw", p_image, text_logits.softmax(dim=-1)).unsqueeze(1)
@@ -198,7 +202,7 @@ class LstmCnnPlus(ImageTextModel):
         }
         if category_logits is not None:
             extras["category_logits"] = category_logits
-        if self.config["stage"] == "low":
+        if self.stage == "low":
             main = low
         else:
             stride = self.backbone.strides[-1]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from refseg.models.base import Batch, ModelOutput, register
-from refseg.models.image_text import ImageTextModel
+from refseg.models.image_text import DEEPEST_TAP, ImageTextModel
 from refseg.models.layers import add_coords
 from refseg.models.losses import bce
 from refseg.models.recurrent import ConvLSTMCell
@@ -63,6 +63,9 @@ class RMIFeatures(ImageTextModel):
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Only the deepest tap is used (and cached)."""
         return self.backbone(images)[-1:]
+
+    def image_encoding(self) -> str:
+        return DEEPEST_TAP
 
     def spatial_features(self, batch: Batch) -> Tensor:
         """v_ij ∈ R^{D_I + 8}: projected visual features and spatial coordinates [B, D_I + 8, h, w]."""

@@ -127,6 +127,9 @@ class STEP(ImageTextModel):
         taps = self.backbone(images)
         return taps + [self.backbone.head(taps[-1])]
 
+    def image_encoding(self) -> str:
+        return "backbone taps + head"
+
     def forward(self, batch: Batch) -> ModelOutput:
         features = self.image_features(batch)
         if len(features) != LEVELS:

@@ -125,8 +125,7 @@ MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi", "step")
 @pytest.mark.parametrize("dataset", ["shaperef", "coco", "refcoco"])
 @pytest.mark.parametrize("model", MODELS)
 def test_shipped_configs_load_and_name_real_model_options(model, dataset):
-    from refseg.engine.trainer import constructor_keys
-    from refseg.models.base import _REGISTRY, list_models
+    from refseg.models.base import _REGISTRY, constructor_keys, list_models
 
     config = load_config(REPO / "configs" / f"{model}_{dataset}.yaml")
     assert config.model.name == model and config.data.train and config.data.val
@@ -141,9 +140,8 @@ def test_paper_configs_build_a_fine_tuned_model_that_runs(path):
     does) and asks for the data roots on the command line."""
     import torch
 
-    from refseg.engine.trainer import build_model, constructor_keys
     from refseg.models import Batch
-    from refseg.models.base import _REGISTRY, list_models
+    from refseg.models.base import _REGISTRY, build_model, constructor_keys, list_models
 
     config = load_config(path)
     assert config.model.name in list_models() and config.data.root == "???"

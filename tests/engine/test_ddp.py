@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from refseg.engine.checkpoint import load_model
-from refseg.engine.trainer import read_csv
+from refseg.engine.hooks import read_csv
 from tiny_engine_model import tiny_config_text, write_square_manifest
 
 HERE = Path(__file__).resolve().parent

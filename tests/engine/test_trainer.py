@@ -15,7 +15,9 @@ from refseg.data.dataset import RefDataset
 from refseg.engine.collate import Collator
 from refseg.data.sample import RefSample, SampleMeta
 from refseg.engine.checkpoint import load_model, load_training_state
-from refseg.engine.trainer import Trainer, _TrainStep, read_csv, train
+from refseg.engine.checkpointer import Checkpointer
+from refseg.engine.hooks import read_csv
+from refseg.engine.trainer import _TrainStep, train
 from refseg.errors import CheckpointError, ConfigError
 from refseg.models.base import _REGISTRY, Batch, register
 from refseg.models.losses import distractor_logistic
@@ -61,7 +63,7 @@ class Interrupt(Exception):
 
 def _interrupt_after_saves(monkeypatch, n: int) -> None:
     """Make the run die right after its n-th checkpoint (as if the machine went down)."""
-    original = Trainer._save
+    original = Checkpointer.save
     calls = {"n": 0}
 
     def save_then_die(self, *args, **kwargs):
@@ -70,7 +72,7 @@ def _interrupt_after_saves(monkeypatch, n: int) -> None:
         if calls["n"] == n:
             raise Interrupt
 
-    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -106,11 +108,14 @@ def test_resume_inside_an_epoch_skips_the_batches_already_done(tmp_path, manifes
 
 
 class _StagedTiny(TinyEngineModel):
-    """The tiny model with a ``stage`` option, so the trainer runs the two-stage schedule."""
+    """The tiny model with stages, so the trainer runs the two-stage schedule."""
+
+    stages = ("low", "high")
 
     def __init__(self, stage: str = "high", **options: object) -> None:
         super().__init__(**options)
         self.config["stage"] = stage
+        self.set_stage(stage)
 
 
 STAGED = "_test_engine_staged"
@@ -429,7 +434,7 @@ def test_target_categories_reach_the_batch_unless_pasted_over():
 
 def test_feature_cache_of_a_trainable_backbone_holds_plain_tensors():
     """Evaluation may cache a fine-tuned backbone (its weights are fixed then): no autograd graph is kept."""
-    from refseg.data.dataset import FeatureCache
+    from refseg.engine.feature_cache import FeatureCache
     from tiny_engine_model import TinyEngineModel
 
     model = TinyEngineModel(frozen=False)
@@ -437,7 +442,26 @@ def test_feature_cache_of_a_trainable_backbone_holds_plain_tensors():
     cache = FeatureCache(torch.float32)
     cache.fill(model, dataset, torch.device("cpu"))
     view, index = dataset.views()[0]
-    features = cache.features([view], torch.device("cpu"))
+    features = cache.features(model, 32, [view], torch.device("cpu"))
     assert not features[0].requires_grad
     expected = model.encode_image(dataset.view_image(index, view[1])[None])[0]
     torch.testing.assert_close(features[0], expected.detach())
+
+
+def test_feature_cache_keys_keep_models_and_canvases_apart():
+    """Two models with random frozen stems (their own features) and two canvas sizes share one cache."""
+    from refseg.engine.feature_cache import FeatureCache
+
+    cpu = torch.device("cpu")
+    samples = square_samples(3, seed=4)
+    small, large = RefDataset(samples, 32, cached=True), RefDataset(samples, 48, cached=True)
+    a, b = TinyEngineModel(), TinyEngineModel()
+    cache = FeatureCache(torch.float32)
+    cache.fill(a, small, cpu)
+    assert not cache.missing(a, small) and len(cache.missing(b, small)) == len(cache.missing(a, large)) == 3
+    cache.fill(b, small, cpu)
+    cache.fill(a, large, cpu)
+    view, index = small.views()[0]
+    for model, dataset in ((a, small), (b, small), (a, large)):
+        expected = model.encode_image(dataset.view_image(index, view[1])[None])[0]
+        torch.testing.assert_close(cache.features(model, dataset.image_size, [view], cpu)[0], expected.detach())

@@ -212,6 +212,40 @@ def test_same_seed_same_output_and_config_rebuilds() -> None:
         create_model("lstm_cnn", stage="medium")
 
 
+def test_set_stage_leaves_the_config_and_checkpoints_record_the_stage(tmp_path) -> None:
+    """The two-stage schedule switches what forward outputs; ``config`` stays as built and a
+    checkpoint saved in the low stage rebuilds a low-stage model."""
+    from refseg.engine.checkpoint import load_model, save_model
+
+    model = create_model("lstm_cnn", vocab=["red"], **SMALL).eval()
+    batch = Batch(torch.randn(1, 3, 64, 64), *model.tokenize(["red"]))
+    model.set_stage("low")
+    assert model.config["stage"] == "high" and model.saved_config()["stage"] == "low"
+    with torch.no_grad():
+        low = model(batch).logits
+    loaded, _ = load_model(save_model(tmp_path / "low.safetensors", model))
+    assert loaded.stage == "low" and low.shape[-1] == 8
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(batch).logits, low)
+    with pytest.raises(ConfigError, match="stage must be one of"):
+        model.set_stage("medium")
+
+
+def test_models_with_the_same_frozen_backbone_and_encoding_share_cached_features() -> None:
+    """The feature-cache key names the image encoding and the backbone options, not the model."""
+    lstm_cnn = create_model("lstm_cnn", output_stride=32, hidden=8, classifier=8)
+    rmi = create_model("rmi", output_stride=32, hidden=8)
+    others = [
+        create_model("lstm_cnn", output_stride=16, hidden=8, classifier=8),  # another backbone
+        create_model("per_word", output_stride=32),  # every tap, not the deepest alone
+        create_model("lstm_cnn_plus", output_stride=32, category_source="imagenet", category_hidden=8),  # + p_image
+        create_model("lstm_cnn", output_stride=32, backbone_trainable_stages=1),  # fine-tuned: its own
+    ]
+    assert lstm_cnn.feature_signature() == rmi.feature_signature()
+    assert len({lstm_cnn.feature_signature(), *(m.feature_signature() for m in others)}) == 1 + len(others)
+    assert others[-1].feature_signature() != create_model("lstm_cnn", backbone_trainable_stages=1).feature_signature()
+
+
 def test_gradients_reach_the_text_encoder(model) -> None:
     batch = shaperef_batch(model)
     model.zero_grad()

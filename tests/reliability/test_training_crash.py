@@ -16,8 +16,10 @@ from safetensors.torch import load_file
 
 from refseg.config import load_config
 from refseg.engine import checkpoint as checkpoint_module
+from refseg.engine import checkpointer as checkpointer_module
 from refseg.engine.checkpoint import load_training_state
-from refseg.engine.trainer import read_csv, train
+from refseg.engine.hooks import read_csv
+from refseg.engine.trainer import train
 
 CHECKPOINT_EVERY = 3
 
@@ -129,7 +131,7 @@ def test_death_between_the_model_file_and_the_training_state_is_harmless(tmp_pat
 
     config.train.out_dir = str(tmp_path / "killed")
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint_module, "save_training_state", die_on_second_state)
+        patch.setattr(checkpointer_module, "save_training_state", die_on_second_state)
         with pytest.raises(Killed):
             train(config)
     killed = tmp_path / "killed"
@@ -144,7 +146,7 @@ def test_mid_epoch_resume_is_exact_for_a_model_with_dropout(tmp_path: Path, monk
     (e.g. creating the epoch's DataLoader) may draw from it, or the resumed steps would differ."""
     from tiny_engine_model import tiny_config_text, write_square_manifest
 
-    from refseg.engine.trainer import Trainer
+    from refseg.engine.checkpointer import Checkpointer
 
     manifest = write_square_manifest(tmp_path / "squares", 24, seed=1)
 
@@ -154,17 +156,17 @@ def test_mid_epoch_resume_is_exact_for_a_model_with_dropout(tmp_path: Path, monk
         return load_config(path, ["data.cache_features=false"])
 
     reference = train(config("reference"))
-    real_save = Trainer._save
+    real_save = Checkpointer.save
     saves = []
 
-    def save_then_die(self, *args):
-        real_save(self, *args)
-        saves.append(args[6])  # the step
+    def save_then_die(self, trainer, *args):
+        real_save(self, trainer, *args)
+        saves.append(trainer.state.step)
         if len(saves) == 4:  # steps 2, 4, 5 (end of epoch 1), 7
             raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_save", save_then_die)
+        patch.setattr(Checkpointer, "save", save_then_die)
         with pytest.raises(Killed):
             train(config("killed"))
     state = load_training_state(tmp_path / "killed" / "last_state.pt")
