@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from refseg.config import Config, save_config, to_dict
 from refseg.data.dataset import Collator, FeatureCache, RefDataset, load_samples
 from refseg.data.sample import RefSample
+from refseg.engine.metrics import MetricAccumulator
 from refseg.errors import CheckpointError, ConfigError, TrainingError
 from refseg.models.base import Batch, RefSegModel, create_model
 from refseg.models.losses import distractor_logistic, soft_iou
@@ -508,7 +509,7 @@ class Trainer:
             metrics = None
             every = cfg.train.eval_every
             if self.val_samples and (last or (every and finished_epoch and (epoch + 1) % every == 0)):
-                metrics = self.validate(model, cache)
+                metrics = self.validate(model, cache).summary()
                 self.log(
                     f"epoch {epoch + 1}: val mean IoU {100 * metrics['mean_iou']:.2f}, "
                     f"overall IoU {100 * metrics['overall_iou']:.2f} (n={metrics['n']})"
@@ -542,7 +543,7 @@ class Trainer:
         if not finite_weights(model):
             raise self._divergence("in its staged training: the weights are no longer finite")
         model.eval()
-        metrics = self.validate(model, FeatureCache(torch.float32)) if self.val_samples else None
+        metrics = self.validate(model, FeatureCache(torch.float32)).summary() if self.val_samples else None
         if metrics is not None:
             self.log(f"val mean IoU {100 * metrics['mean_iou']:.2f}, overall IoU {100 * metrics['overall_iou']:.2f}")
         if self.runtime.is_main:
@@ -557,22 +558,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------- helpers
 
-    def validate(self, model: RefSegModel, cache: FeatureCache | None) -> dict[str, Any]:
-        """Metrics on ``data.val`` (each process scores its shard; accumulators are gathered)."""
-        from refseg.engine.evaluator import evaluate
+    def validate(self, model: RefSegModel, cache: FeatureCache | None) -> MetricAccumulator:
+        """Metrics on ``data.val``, as :func:`~refseg.engine.evaluator.evaluate` gives them (each
+        process scores its shard; the accumulators are gathered)."""
+        from refseg.engine.evaluator import evaluate, evaluation_segmenter
 
         rt = self.runtime
         saved_rng = rng_state()  # validation must not change the training run's random draws
         shard = self.val_samples[rt.rank :: rt.world]
+        canvas = self.config.data.image_size
         if cache is not None:
-            self._fill_cache(cache, model, RefDataset(shard, self.config.data.image_size, cached=True), "validation")
-        accumulator = evaluate(
-            model, shard, self.config.data.image_size, batch_size=self.config.train.eval_batch_size,
-            device=rt.device, feature_cache=cache, autocast=rt.autocast,
-        )
-        summary = accumulator.gather().summary()
+            self._fill_cache(cache, model, RefDataset(shard, canvas, cached=True), "validation")
+        was_training = model.training
+        segmenter = evaluation_segmenter(model, canvas, device=rt.device)
+        batch_size = self.config.train.eval_batch_size
+        accumulator = evaluate(segmenter, shard, batch_size=batch_size, feature_cache=cache, autocast=rt.autocast)
+        model.train(was_training)
         set_rng_state(saved_rng)
-        return summary
+        return accumulator.gather()
 
     def _fill_cache(self, cache: FeatureCache, model: RefSegModel, dataset: RefDataset, what: str) -> None:
         todo = sum(1 for view, _ in dataset.views() if view not in cache)

@@ -14,7 +14,7 @@ from refseg.config import load_config
 from refseg.data.manifest import read_manifest
 from refseg.data.transforms import Letterbox
 from refseg.engine.checkpoint import load_model
-from refseg.engine.evaluator import evaluate, precision_curve
+from refseg.engine.evaluator import evaluate, evaluation_segmenter, precision_curve
 from refseg.engine.metrics import MetricAccumulator
 from refseg.engine.trainer import train
 from refseg.postprocess.masks import postprocess
@@ -71,7 +71,7 @@ def test_evaluator_scores_the_postprocessed_model_output(trained):
     manifest, checkpoint = trained
     model, meta = load_model(checkpoint)
     samples = read_manifest(manifest, split="val")
-    accumulator = evaluate(model, samples, meta["image_size"], batch_size=4)
+    accumulator = evaluate(evaluation_segmenter(model, meta["image_size"]), samples, batch_size=4)
     expected = MetricAccumulator()
     from refseg.data.dataset import Collator, RefDataset
 
