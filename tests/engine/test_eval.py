@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from refseg.api import Segmenter
 from refseg.cli import main
 from refseg.config import load_config
 from refseg.data.manifest import read_manifest
@@ -65,6 +66,17 @@ def test_model_eval_and_prediction_dir_scoring_agree(trained, tmp_path, capsys):
         assert set(np.unique(png)) <= {0, 255}
     assert (tmp_path / "model.precision.png").is_file()
     assert Image.open(tmp_path / "model.precision.png").size == (640, 420)
+
+
+def test_evaluation_masks_are_the_api_masks(trained, tmp_path):
+    """One inference path: `refseg eval --save-pred` writes what `Segmenter.predict` returns."""
+    manifest, checkpoint = trained
+    preds = tmp_path / "preds"
+    main(["eval", "--data", str(manifest), "--split", "val", "--model", str(checkpoint), "--save-pred", str(preds)])
+    segmenter = Segmenter.from_pretrained(checkpoint, channels_last=False)  # evaluation's memory format
+    for sample in read_manifest(manifest, split="val"):
+        mask = segmenter.predict(sample.load_image(), sample.sentence).mask
+        assert np.array_equal(np.asarray(Image.open(preds / f"{sample.id}.png")) > 0, mask)
 
 
 def test_evaluator_scores_the_postprocessed_model_output(trained):
