@@ -119,7 +119,8 @@ def _features(segmenter: "Segmenter", collated, feature_cache: FeatureCache | No
         from refseg.errors import ConfigError
 
         raise ConfigError("a feature cache needs the torch runtime")
-    return ImageFeatures.cached(feature_cache.features(collated.views, runner.device), segmenter.canvas)
+    taps = feature_cache.features(collated.views, runner.device)
+    return ImageFeatures.cached(taps, len(collated.views), segmenter.canvas, runner.device)
 
 
 def precision_curve(accumulator: MetricAccumulator, steps: int = 21) -> tuple[np.ndarray, np.ndarray]:

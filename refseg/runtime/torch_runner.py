@@ -22,9 +22,10 @@ class ImageFeatures:
     taps: list[Tensor]
 
     @classmethod
-    def cached(cls, taps: list[Tensor], side: int) -> "ImageFeatures":
-        """Taps computed earlier (a feature cache): the canvas is a blank view, only its side S is read."""
-        return cls(torch.zeros((), device=taps[0].device).expand(taps[0].shape[0], 3, side, side), taps)
+    def cached(cls, taps: list[Tensor], photos: int, side: int, device: torch.device) -> "ImageFeatures":
+        """Taps of ``photos`` photos computed earlier (a feature cache): the canvas is a blank view,
+        only its side S is read."""
+        return cls(torch.zeros((), device=device).expand(photos, 3, side, side), taps)
 
 
 class TorchRunner:
