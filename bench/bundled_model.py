@@ -65,14 +65,10 @@ def human_dev_scores(
 ) -> dict:
     """Human-dev summaries (overall and per kind) of one checkpoint, at its own canvas size and
     decision threshold unless ``image_size`` / ``threshold`` are given."""
-    from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
+    from refseg.engine.evaluator import evaluate, load_for_evaluation
 
-    model, meta = load_model(checkpoint)
-    threshold = model_threshold(meta) if threshold is None else threshold
-    size = model_image_size(model, meta) if image_size is None else image_size
-    samples = [item.sample for item in items]
-    accumulator = evaluate(model, samples, size, threshold=threshold, crf=crf)
+    segmenter = load_for_evaluation(checkpoint, canvas=image_size)
+    accumulator = evaluate(segmenter, [item.sample for item in items], threshold=threshold, crf=crf)
     return by_kind(items, accumulator)
 
 
@@ -130,18 +126,19 @@ def threshold_sweep(
     from refseg.config import load_config
     from refseg.data.dataset import RefDataset
     from refseg.data.sources import load_samples
+    from refseg.engine.evaluator import evaluate, evaluation_segmenter
     from refseg.engine.feature_cache import FeatureCache
-    from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate, model_image_size
+    from refseg.runtime import load_pretrained
 
-    model, meta = load_model(checkpoint_of(run))
+    model, card = load_pretrained(checkpoint_of(run))
     samples = load_samples(load_config(config), "val")
     rows = ["| canvas | threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|---|"]
-    for size in sizes or [model_image_size(model, meta)]:
+    for size in sizes or [card.canvas]:
+        segmenter = evaluation_segmenter(model, size, card)
         cache = FeatureCache(torch.float16)
         cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
         for threshold in thresholds:
-            summary = evaluate(model, samples, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()
+            summary = evaluate(segmenter, samples, batch_size=32, threshold=threshold, feature_cache=cache).summary()
             rows.append(
                 f"| {size} | {threshold:g} | {_pct(summary['mean_iou'])} | {_pct(summary['overall_iou'])} "
                 f"| {_pct(summary['prec@0.5'])} |"
@@ -161,12 +158,11 @@ def position_gap(checkpoint: str | Path, sample_sets: Sequence[Sequence]) -> lis
 
     from refseg.data.augment import mirror_text
     from refseg.data.dataset import RefDataset
+    from refseg.engine.evaluator import evaluate, load_for_evaluation
     from refseg.engine.feature_cache import FeatureCache
-    from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
 
-    model, meta = load_model(checkpoint)
-    size, threshold = model_image_size(model, meta), model_threshold(meta)
+    segmenter = load_for_evaluation(checkpoint)
+    model, size = segmenter.model, segmenter.canvas
     gaps = []
     for samples in sample_sets:
         sided = [s for s in samples if s.has_target and mirror_text(s.sentence) != s.sentence]
@@ -176,7 +172,7 @@ def position_gap(checkpoint: str | Path, sample_sets: Sequence[Sequence]) -> lis
         cache = FeatureCache(torch.float32)
         cache.fill(model, RefDataset(sided, size, cached=True), torch.device("cpu"))
         written, mirrored = (
-            evaluate(model, group, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()["mean_iou"]
+            evaluate(segmenter, group, batch_size=32, feature_cache=cache).summary()["mean_iou"]
             for group in (sided, [replace(s, sentence=mirror_text(s.sentence)) for s in sided])
         )
         gaps.append((len(sided), written, mirrored))

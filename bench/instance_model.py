@@ -135,7 +135,7 @@ def cues(run: str | Path, items: Sequence[HumanDevItem], config: str | Path = IN
     from refseg.data.sources import load_samples
     from refseg.engine.feature_cache import FeatureCache
     from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate
+    from refseg.engine.evaluator import evaluate, evaluation_segmenter
     from refseg.engine.instance_training import photo_views, scorer_examples, train_scorer
     from refseg.models.candidate_cues import CUE_GROUPS, CUE_NAMES
 
@@ -155,7 +155,8 @@ def cues(run: str | Path, items: Sequence[HumanDevItem], config: str | Path = IN
         rng = np.random.default_rng(int(cfg.train.seed))
         train_scorer(model, packs, examples, cfg.train.stages.get("scorer", 1500), cfg.train.lr, rng, log=lambda _: None)
         model.eval()
-        scores = {name: evaluate(model, samples, size, feature_cache=cache) for name, samples in sets.items()}
+        segmenter = evaluation_segmenter(model, size)
+        scores = {name: evaluate(segmenter, samples, feature_cache=cache) for name, samples in sets.items()}
         synth, human = scores["synth val"].summary(), by_kind(items, scores["human"])["all"]
         name = "all" if dropped is None else f"without {dropped}"
         rows.append(f"| {name} | {100 * synth['mean_iou']:.1f} | {100 * human['mean_iou']:.1f} | {100 * human['prec@0.5']:.1f} |")

@@ -32,7 +32,7 @@ from refseg.config import from_dict  # noqa: E402
 from refseg.data.dataset import RefDataset  # noqa: E402
 from refseg.data.shapes import generate_samples  # noqa: E402
 from refseg.engine.checkpoint import load_model  # noqa: E402
-from refseg.engine.evaluator import evaluate  # noqa: E402
+from refseg.engine.evaluator import evaluate, evaluation_segmenter  # noqa: E402
 from refseg.models.text import split_words  # noqa: E402
 from refseg.engine.feature_cache import FeatureCache  # noqa: E402
 from refseg.engine.trainer import Trainer  # noqa: E402
@@ -149,7 +149,7 @@ def main() -> None:
             model, _ = load_model(out / "last.safetensors")
             cache = caches.setdefault(key, FeatureCache(torch.float16))
             cache.fill(model, RefDataset(test, args.size, cached=True), torch.device("cpu"))
-            accumulator = evaluate(model, test, args.size, feature_cache=cache, length_edges=edges)
+            accumulator = evaluate(evaluation_segmenter(model, args.size), test, feature_cache=cache, length_edges=edges)
             summary = accumulator.summary()
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             per_seed.append({"summary": summary, "by_kind": iou_by_kind(accumulator, test),

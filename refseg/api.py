@@ -6,9 +6,9 @@
 >>> pred.mask.shape, pred.empty, pred.confidence          # bool [H, W] at the photo's size
 
 Several expressions on one photo share one backbone pass (``seg.predict(img, [t1, t2])``).
-The network runs through a small :class:`Runner` (torch here; ``runtime="onnx"`` uses the
-onnxruntime runner from :mod:`refseg.export.onnx`), so tokenisation, letterboxing and
-post-processing are the same whatever executes the graph.
+The network runs through a registered runner (:mod:`refseg.runtime`: ``torch``, or ``onnx``
+with onnxruntime), so tokenisation, letterboxing and post-processing (:meth:`Segmenter.decode`,
+also what :func:`refseg.engine.evaluator.evaluate` scores) are the same whatever executes the graph.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,73 +25,14 @@ from torch import Tensor
 from refseg.data.images import ImageInput, load_image
 from refseg.data.transforms import Letterbox, to_tensor
 from refseg.errors import ConfigError, TextError
-from refseg.limits import check_canvas_size
-from refseg.models.base import Batch, ModelOutput, RefSegModel
+from refseg.models.base import ModelOutput, RefSegModel
 from refseg.models.text import UNK, split_words
 from refseg.models.layers import probability_to_logit
-from refseg.postprocess.masks import finish, logits_to_probability, probability_to_mask
+from refseg.postprocess.masks import MaskPrediction, finish, logits_to_probability, probability_to_mask
+from refseg.runtime import ModelCard, Runner, check_runner, create_runner, load_pretrained
 
-#: Canvas side used when neither the caller nor the checkpoint names one.
-DEFAULT_IMAGE_SIZE = 320
 #: Expressions run through the text/fusion part in chunks of this many (bounds memory).
 TEXT_CHUNK = 16
-
-RUNTIMES = ("torch", "onnx")
-
-
-class Runner(Protocol):
-    """Executes the network. ``features`` is whatever ``encode_image`` returns (opaque to the caller)."""
-
-    def encode_image(self, images: Tensor) -> Any:
-        """Letterboxed, normalised images [1, 3, S, S] → image features (computed once per photo)."""
-
-    def run(self, features: Any, tokens: Tensor, lengths: Tensor, texts: list[str]) -> ModelOutput:
-        """Image features of one photo + N expressions → ModelOutput with logits [N, 1, h, w]."""
-
-
-@dataclass
-class ImageFeatures:
-    """What :class:`TorchRunner` keeps of one photo: its canvas [1, 3, S, S] and the backbone taps."""
-
-    canvas: Tensor
-    taps: list[Tensor]
-
-
-class TorchRunner:
-    """Runs a :class:`RefSegModel` with torch: backbone once, then the rest per batch of texts.
-
-    On CPU the model's ``backbone`` (when it has one) runs in channels-last memory format,
-    about 8 % less CPU time for EfficientNet-Lite (docs/performance.md); its outputs are made
-    contiguous again so the model's head sees ordinary tensors.
-    """
-
-    def __init__(self, model: RefSegModel, device: str | torch.device = "cpu", channels_last: bool = True) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        backbone = getattr(model, "backbone", None)
-        self.channels_last = channels_last and self.device.type == "cpu" and isinstance(backbone, torch.nn.Module)
-        if self.channels_last:
-            backbone.to(memory_format=torch.channels_last)
-
-    def encode_image(self, images: Tensor) -> ImageFeatures:
-        images = images.to(self.device)
-        with torch.inference_mode():
-            if not self.channels_last:
-                return ImageFeatures(images, self.model.encode_image(images))
-            taps = self.model.encode_image(images.contiguous(memory_format=torch.channels_last))
-            return ImageFeatures(images, [t.contiguous() for t in taps])
-
-    def run(self, features: ImageFeatures, tokens: Tensor, lengths: Tensor, texts: list[str]) -> ModelOutput:
-        n = int(tokens.shape[0])
-        batch = Batch(  # broadcast views of the one photo: no copy per text
-            images=features.canvas.expand(n, -1, -1, -1),
-            tokens=tokens.to(self.device),
-            lengths=lengths.to(self.device),
-            texts=texts,
-            features=[t.expand(n, *t.shape[1:]) for t in features.taps],
-        )
-        with torch.inference_mode():
-            return self.model(batch)
 
 
 @dataclass
@@ -129,6 +70,7 @@ class Prediction:
     # what ``extras`` is computed from: the model's extras for this expression, on the canvas grid
     raw_extras: dict[str, Tensor] = field(default_factory=dict, repr=False)
     letterbox: Letterbox | None = field(default=None, repr=False)
+    labels: tuple[str, ...] = field(default=(), repr=False)  # the model's label names (``candidates``)
 
     @property
     def empty(self) -> bool:
@@ -158,11 +100,9 @@ class Prediction:
         extras = self.raw_extras
         if "candidate_scores" not in extras or self.letterbox is None:
             return []
-        from refseg.models.expression import label_names
-
         valid = extras["candidate_valid"] > 0
         scores = extras["candidate_scores"].float().masked_fill(~valid, float("-inf")).softmax(-1)
-        names = label_names()
+        names = self.labels
         out = []
         for k in torch.argsort(scores, descending=True)[: int(valid.sum())].tolist():
             box = (extras["candidate_boxes"][k] / self.letterbox.scale).tolist()
@@ -175,29 +115,48 @@ class Prediction:
 
 
 class Segmenter:
-    """A loaded model ready to segment photos from referring expressions."""
+    """A loaded model ready to segment photos from referring expressions.
+
+    ``card`` (:class:`~refseg.runtime.ModelCard`) holds its canvas side, decision threshold,
+    label names and provenance; ``runner`` executes the network (default: torch on the
+    model's device). ``image_size`` is the deprecated name of ``canvas``.
+    """
 
     def __init__(
         self,
         model: RefSegModel,
-        image_size: int = DEFAULT_IMAGE_SIZE,
+        canvas: int | None = None,
         runner: Runner | None = None,
-        meta: dict[str, Any] | None = None,
+        card: ModelCard | None = None,
+        *,
+        image_size: int | None = None,
     ) -> None:
+        canvas = _canvas_alias(canvas, image_size, "Segmenter")
         self.model = model.eval()
-        self.image_size = check_canvas_size(image_size)
+        self.card = (card or ModelCard.describe(model)).with_canvas(canvas)
         if runner is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
-            runner = TorchRunner(model, device)
+            runner = create_runner("torch", model, self.card, device)
         self.runner: Runner = runner
-        self.meta = dict(meta or {})
-        from refseg.engine.evaluator import model_threshold
 
-        #: The model's decision threshold: stored with the checkpoint, else 0.5 (checked here, once).
-        self.threshold: float = model_threshold(self.meta)
+    @property
+    def canvas(self) -> int:
+        """Side S of the square canvas photos are letterboxed to."""
+        return self.card.canvas
+
+    @property
+    def threshold(self) -> float:
+        """The model's decision threshold: stored with the checkpoint, else 0.5."""
+        return self.card.threshold
+
+    @property
+    def image_size(self) -> int:
+        """Deprecated name of :attr:`canvas`."""
+        warnings.warn("Segmenter.image_size is deprecated; use Segmenter.canvas", DeprecationWarning, stacklevel=2)
+        return self.canvas
 
     def __repr__(self) -> str:
-        return f"Segmenter(model={self.model.name!r}, image_size={self.image_size}, runner={type(self.runner).__name__})"
+        return f"Segmenter(model={self.model.name!r}, canvas={self.canvas}, runner={type(self.runner).__name__})"
 
     @classmethod
     def from_pretrained(
@@ -205,29 +164,48 @@ class Segmenter:
         name_or_path: str | Path | None = None,
         device: str = "cpu",
         runtime: str = "torch",
+        canvas: int | None = None,
+        *,
         image_size: int | None = None,
+        **runner_options: Any,
     ) -> "Segmenter":
-        """Load the bundled model (None / ``"default"``), a shipped model by name, or a checkpoint file.
+        """Load the bundled model (None / ``"default"``), a shipped model by name, a run folder or a
+        checkpoint file (:func:`refseg.runtime.load_pretrained`).
 
-        ``image_size`` overrides the canvas side the model was trained at. ``runtime="onnx"`` runs
-        the network with onnxruntime (extra ``onnx``); tokenisation stays in Python.
+        ``canvas`` overrides the canvas side the model was trained at. ``runtime`` names a
+        registered runner (:func:`refseg.runtime.list_runners`): ``"onnx"`` runs the network with
+        onnxruntime (extra ``onnx``); tokenisation stays in Python. ``runner_options`` go to the
+        runner (``channels_last=False`` for torch).
         """
-        from refseg.engine.checkpoint import load_model, resolve_model_path
+        check_runner(runtime)  # an unknown runtime or a missing extra fails before the slow load
+        canvas = _canvas_alias(canvas, image_size, "Segmenter.from_pretrained")
+        model, card = load_pretrained(name_or_path, device=device, canvas=canvas)
+        return cls(model, runner=create_runner(runtime, model, card, device, **runner_options), card=card)
 
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
-        path = resolve_model_path(name_or_path)
-        model, meta = load_model(path, device=device)
-        size = next((s for s in (image_size, meta.get("image_size"), model.config.get("image_size")) if s is not None),
-                    DEFAULT_IMAGE_SIZE)
-        size = check_canvas_size(size)
-        if runtime == "onnx":
-            from refseg.export.onnx import create_onnx_runner
+    def check_options(self, threshold: float | None, crf: bool) -> float:
+        """The decision threshold to use (the model's when None), checked; with ``crf`` the
+        DenseCRF extra is checked too, before anything runs."""
+        threshold = self.threshold if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
+        if crf:
+            from refseg.postprocess.crf import densecrf_module
 
-            runner: Runner = create_onnx_runner(model, path, image_size=int(size), device=device)
-        else:
-            runner = TorchRunner(model, device)
-        return cls(model, image_size=int(size), runner=runner, meta=meta)
+            densecrf_module()
+        return threshold
+
+    def decode(
+        self, out: ModelOutput, i: int, box: Letterbox, threshold: float, photo: np.ndarray | None = None
+    ) -> MaskPrediction:
+        """Expression ``i`` of a runner's output → probability at the photo's size (refined by
+        DenseCRF on ``photo`` when given), mask and confidence: the one post-processing of every
+        prediction (API, CLI, server, evaluation)."""
+        prob = logits_to_probability(out.logits[i], box)
+        if photo is not None:
+            from refseg.postprocess.crf import refine
+
+            prob = refine(prob, photo)
+        return finish(prob, threshold, _model_confidence(out, i, int(out.logits.shape[0])))
 
     def predict(
         self,
@@ -243,16 +221,9 @@ class Segmenter:
         probability map with DenseCRF (extra ``crf``).
         """
         texts = _check_texts(text)
-        threshold = self.threshold if threshold is None else threshold
-        if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
-        refine = None
-        if crf:
-            from refseg.postprocess.crf import densecrf_module, refine
-
-            densecrf_module()  # a missing extra fails here, before the network runs
+        threshold = self.check_options(threshold, crf)
         rgb = load_image(image)
-        box = Letterbox(rgb.shape[0], rgb.shape[1], self.image_size)
+        box = Letterbox(rgb.shape[0], rgb.shape[1], self.canvas)
         features = self.runner.encode_image(to_tensor(box.image(rgb)).unsqueeze(0))
         predictions: list[Prediction] = []
         for start in range(0, len(texts), TEXT_CHUNK):
@@ -260,19 +231,17 @@ class Segmenter:
             tokens, lengths = self._tokenize(chunk)
             out = self.runner.run(features, tokens, lengths, chunk)
             for i, sentence in enumerate(chunk):
-                prob = logits_to_probability(out.logits[i], box)
-                if refine is not None:
-                    prob = refine(prob, rgb)
-                result = finish(prob, threshold, _model_confidence(out, i, len(chunk)))
+                result = self.decode(out, i, box, threshold, rgb if crf else None)
                 predictions.append(
                     Prediction(
                         text=sentence,
                         tokens=self._words(sentence)[: int(lengths[i])] or [UNK],
                         mask=result.mask,
-                        prob=prob,
+                        prob=result.prob,
                         confidence=result.confidence,
                         raw_extras={k: v[i] for k, v in out.extras.items() if _per_sample(v, len(chunk))},
                         letterbox=box,
+                        labels=self.card.labels,
                     )
                 )
         return predictions if not isinstance(text, str) else predictions[0]
@@ -313,3 +282,11 @@ def _model_confidence(out: ModelOutput, i: int, n: int) -> float | None:
 
 def _per_sample(value: Tensor, n: int) -> bool:
     return isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == n
+
+
+def _canvas_alias(canvas: int | None, image_size: int | None, where: str) -> int | None:
+    """``canvas``, or the deprecated ``image_size`` keyword when only that one is given."""
+    if image_size is None:
+        return canvas
+    warnings.warn(f"{where}(image_size=...) is deprecated; use canvas=...", DeprecationWarning, stacklevel=3)
+    return image_size if canvas is None else canvas

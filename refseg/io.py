@@ -7,6 +7,7 @@ write of the same file removes the temporary files of writers that no longer run
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -204,3 +205,12 @@ def save_mask_png(path: str | Path, mask: np.ndarray) -> Path:
 def save_png(path: str | Path, image: np.ndarray | Image.Image) -> Path:
     """Write an RGB(A) image as PNG, atomically."""
     return atomic_write_bytes(path, png_bytes(image))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

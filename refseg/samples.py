@@ -116,7 +116,7 @@ def write_gallery(segmenter: "Segmenter", out: str | Path, crf: bool = False) ->
             + "\n".join(figures)
             + "\n</section>"
         )
-    model = html.escape(str(segmenter.meta.get("name") or segmenter.model.name))
+    model = html.escape(str(segmenter.card.meta.get("name") or segmenter.card.name))
     page = _PAGE.format(model=model, sections="\n".join(sections))
     return atomic_write_text(out / "index.html", page)
 

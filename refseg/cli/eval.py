@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(
             None, "--threshold", min=0.0, max=1.0, help="Probability threshold of the mask (default: the model's)."
         ),
-        image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas size (default: the model's)."),
+        image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
+        runtime: str = typer.Option("torch", "--runtime", help="Run the network with torch or onnx (extra 'onnx')."),
         batch_size: int = typer.Option(16, "--batch-size"),
         device: str = typer.Option("cpu", "--device"),
         length_buckets: Optional[str] = typer.Option(
@@ -47,10 +48,14 @@ def register(app: typer.Typer) -> None:
         console = Console()
         if pred_dir is not None and (model is not None or save_pred is not None or crf):
             raise RefsegError("--pred-dir scores existing PNGs: it cannot be combined with --model, --save-pred or --crf")
+        if pred_dir is None:
+            from refseg.runtime import check_runner
+
+            check_runner(runtime)  # before the (slow) data and model loads
         edges = _parse_edges(length_buckets)
         samples = _samples(data, split, refer_root, dataset, split_by, config, data_key)
         summary, curve_source = _score(
-            console, samples, model, pred_dir, save_pred, crf, threshold, image_size, batch_size, device, edges
+            console, samples, model, pred_dir, save_pred, crf, threshold, image_size, runtime, batch_size, device, edges
         )
         from refseg.engine.metrics import render_summary
 
@@ -107,7 +112,7 @@ def _samples(data, split, refer_root, dataset, split_by, config, data_key):
     return samples
 
 
-def _score(console, samples, model_name, pred_dir, save_pred, crf, threshold, image_size, batch_size, device, edges):
+def _score(console, samples, model_name, pred_dir, save_pred, crf, threshold, canvas, runtime, batch_size, device, edges):
     """(summary, accumulator) from PNG predictions or from running a model."""
     if pred_dir is not None:
         from refseg.engine.metrics import score_prediction_dir
@@ -116,17 +121,13 @@ def _score(console, samples, model_name, pred_dir, save_pred, crf, threshold, im
         return accumulator.summary(), accumulator
     from rich.progress import Progress
 
-    from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate, model_image_size, model_threshold
+    from refseg.engine.evaluator import evaluate, load_for_evaluation
 
-    model, meta = load_model(model_name, device=device)
-    size = model_image_size(model, meta) if image_size is None else image_size
-    threshold = model_threshold(meta) if threshold is None else threshold
+    segmenter = load_for_evaluation(model_name, runtime=runtime, device=device, canvas=canvas)
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"evaluating {model.name} at {size} px", total=len(samples))
+        task = progress.add_task(f"evaluating {segmenter.model.name} at {segmenter.canvas} px", total=len(samples))
         accumulator = evaluate(
-            model, samples, size, batch_size=batch_size, device=device, threshold=threshold, crf=crf,
-            save_pred=save_pred, length_edges=edges,
-            on_progress=lambda done, total: progress.update(task, completed=done),
+            segmenter, samples, batch_size=batch_size, threshold=threshold, crf=crf, save_pred=save_pred,
+            length_edges=edges, on_progress=lambda done, total: progress.update(task, completed=done),
         )
     return accumulator.summary(), accumulator

@@ -30,18 +30,17 @@ def onnx(
     from refseg.extras import require
 
     require("onnx", "'refseg export onnx'")  # before the model loads
-    from refseg.api import Segmenter
-    from refseg.engine.checkpoint import resolve_model_path
     from refseg.export.onnx import default_onnx_path, export_checkpoint
+    from refseg.runtime import load_pretrained
 
-    checkpoint = resolve_model_path(model)
-    segmenter = Segmenter.from_pretrained(checkpoint, image_size=image_size)
+    loaded, card = load_pretrained(model, canvas=image_size)
+    checkpoint = card.provenance.path
     target = output if output is not None else default_onnx_path(checkpoint)
-    result = export_checkpoint(segmenter.model, checkpoint, target, segmenter.image_size, opset=opset)
+    result = export_checkpoint(loaded, checkpoint, target, card.canvas, opset=opset)
     texts = "any number of texts" if result.layout.dynamic_batch else "one text per call"
     words = "any length" if result.layout.dynamic_words else f"padded to {result.max_tokens} tokens"
     size_mb = result.path.stat().st_size / 2**20
     typer.echo(
-        f"{result.path}: {segmenter.model.name}, {segmenter.image_size}px, {texts}, words {words}, "
+        f"{result.path}: {card.name}, {card.canvas}px, {texts}, words {words}, "
         f"outputs {', '.join(result.outputs)}, max |probability - torch| {result.max_probability_diff:.1e}, {size_mb:.1f} MB"
     )

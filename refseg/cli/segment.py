@@ -1,18 +1,10 @@
 """`refseg segment` (one photo, one phrase → mask PNG) and `refseg demo` (sample gallery)."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-
-class Runtime(str, Enum):
-    """What executes the network (``refseg.api.RUNTIMES``)."""
-
-    torch = "torch"
-    onnx = "onnx"
 
 
 _MODEL_HELP = "Checkpoint file, run folder or shipped model name (default: the bundled model)."
@@ -40,7 +32,7 @@ def segment(
         None, "--threshold", min=0.0, max=1.0, help="Probability threshold (default: the model's; 0.5 unless stored)."
     ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help="Run the network with torch or onnxruntime."),
+    runtime: str = typer.Option("torch", "--runtime", help="Run the network with torch or onnx (refseg.runtime)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
 ) -> None:
     """Segment the object TEXT refers to in IMAGE and write its mask as a PNG."""
@@ -50,15 +42,15 @@ def segment(
     from refseg.errors import OutputError
     from refseg.extras import require
     from refseg.io import check_outputs, save_mask_png, save_png
+    from refseg.runtime import check_runner
 
-    if runtime is Runtime.onnx:
-        require("onnx", "--runtime onnx")  # before the (slow) model load
+    check_runner(runtime)  # before the (slow) model load
     if crf:
         require("crf", "--crf")
     output = output if output is not None else Path(f"{image.stem}.mask.png")
     check_outputs((output, overlay, heatmap, candidates), inputs=[image])  # fail before the (slow) model load
     rgb = load_image(image)
-    segmenter = Segmenter.from_pretrained(model, runtime=runtime.value, image_size=image_size)
+    segmenter = Segmenter.from_pretrained(model, runtime=runtime, canvas=image_size)
     pred = segmenter.predict(rgb, text, threshold=threshold, crf=crf)
     if candidates is not None and not pred.candidates:
         raise OutputError("--candidates needs an instance-aware model (this one has no candidates)")

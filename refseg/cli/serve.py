@@ -21,7 +21,7 @@ def serve(
         None, "--model", "-m", envvar="REFSEG_MODEL",
         help="Checkpoint file, run folder or shipped model name (default: the bundled model).",
     ),
-    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (refseg.runtime)."),
     max_upload_mb: float = typer.Option(_DEFAULTS.max_upload_bytes / 2**20, "--max-upload-mb", min=0.01, help="Largest request body, in MB."),
     max_pixels: int = typer.Option(_DEFAULTS.max_pixels, "--max-pixels", min=1, help="Largest photo, in pixels (refused before decoding)."),
     max_texts: int = typer.Option(_DEFAULTS.max_texts, "--max-texts", min=1, help="Most expressions in one request."),
@@ -33,6 +33,10 @@ def serve(
 
     require("serve", "'refseg serve'")
     import uvicorn
+
+    from refseg.runtime import check_runner
+
+    check_runner(runtime)  # before the (slow) model load
 
     from refseg.api import Segmenter
     from refseg.limits import upload_bytes
@@ -46,6 +50,6 @@ def serve(
         read_timeout_s=read_timeout,
     )
     segmenter = Segmenter.from_pretrained(model, runtime=runtime)
-    app = create_app(segmenter, limits, describe_model(segmenter, model, runtime))
+    app = create_app(segmenter, limits, describe_model(segmenter, runtime))
     typer.echo(f"refseg: serving {segmenter.model.name} on http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -1,7 +1,9 @@
-"""Run a model on samples → masks at the original size → the metrics accumulator.
+"""Run a :class:`~refseg.api.Segmenter` on samples → masks at the original size → the metrics accumulator.
 
-Predictions go through :func:`refseg.postprocess.masks.postprocess` (the same path as the API
-and the server) and are scored by :class:`~refseg.engine.metrics.MetricAccumulator` exactly as
+The network runs through the segmenter's runner (``torch`` or ``onnx``, :mod:`refseg.runtime`)
+and every mask comes from :meth:`Segmenter.decode <refseg.api.Segmenter.decode>`, the
+post-processing of the API, the CLI and the server (threshold, DenseCRF, confidence). Masks
+are scored by :class:`~refseg.engine.metrics.MetricAccumulator` exactly as
 ``score_prediction_dir`` scores PNGs, so ``refseg eval --model M --save-pred D`` and
 ``refseg eval --pred-dir D`` give identical numbers.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,37 +23,46 @@ from refseg.engine.collate import Collator
 from refseg.data.sample import RefSample
 from refseg.engine.feature_cache import FeatureCache
 from refseg.engine.metrics import DEFAULT_LENGTH_EDGES, MetricAccumulator
-from refseg.models.base import RefSegModel
-from refseg.postprocess.masks import DEFAULT_THRESHOLD, postprocess
+
+from refseg.runtime.card import ModelCard
+
+if TYPE_CHECKING:
+    from refseg.api import Segmenter
+    from refseg.models.base import RefSegModel
+
+#: Runner options of evaluation: torch keeps the plain memory format, so ``refseg eval`` of a
+#: checkpoint gives exactly the numbers of the trainer's validation.
+EVAL_RUNNER_OPTIONS = {"torch": {"channels_last": False}}
 
 
-def model_image_size(model: RefSegModel, meta: dict, default: int = 320) -> int:
-    """The canvas size a model was trained at (checkpoint metadata or model config), else ``default``."""
-    from refseg.limits import check_canvas_size
+def load_for_evaluation(
+    name_or_path: str | Path | None = None, runtime: str = "torch", device: str = "cpu", canvas: int | None = None
+) -> "Segmenter":
+    """:meth:`Segmenter.from_pretrained <refseg.api.Segmenter.from_pretrained>` with the evaluation runner options."""
+    from refseg.api import Segmenter
 
-    size = next((s for s in (meta.get("image_size"), model.config.get("image_size")) if s is not None), default)
-    return check_canvas_size(size)
-
-
-def model_threshold(meta: dict) -> float:
-    """The decision threshold stored with a model (chosen on held-out data when it was shipped),
-    else :data:`~refseg.postprocess.masks.DEFAULT_THRESHOLD`."""
-    from refseg.errors import CheckpointError
-
-    threshold = float(meta.get("threshold", DEFAULT_THRESHOLD))
-    if not 0.0 < threshold < 1.0:
-        raise CheckpointError(f"checkpoint threshold must be between 0 and 1 (exclusive), got {threshold}")
-    return threshold
+    return Segmenter.from_pretrained(
+        name_or_path, device=device, runtime=runtime, canvas=canvas, **EVAL_RUNNER_OPTIONS.get(runtime, {})
+    )
 
 
-@torch.inference_mode()
+def evaluation_segmenter(
+    model: "RefSegModel", canvas: int | None = None, card: "ModelCard | None" = None, device: str | torch.device = "cpu"
+) -> "Segmenter":
+    """A :class:`~refseg.api.Segmenter` over a model in hand (training, benchmarks), with the
+    evaluation options of the torch runner."""
+    from refseg.api import Segmenter
+    from refseg.runtime import create_runner
+
+    card = (card or ModelCard.describe(model)).with_canvas(canvas)
+    return Segmenter(model, runner=create_runner("torch", model, card, device, **EVAL_RUNNER_OPTIONS["torch"]), card=card)
+
+
 def evaluate(
-    model: RefSegModel,
+    segmenter: "Segmenter",
     samples: Sequence[RefSample],
-    image_size: int,
     batch_size: int = 16,
-    device: torch.device | str = "cpu",
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     crf: bool = False,
     save_pred: str | Path | None = None,
     feature_cache: FeatureCache | None = None,
@@ -58,12 +70,14 @@ def evaluate(
     autocast: Callable[[], object] = nullcontext,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> MetricAccumulator:
-    """Predict every sample and score it; optionally write ``save_pred/<id>.png`` (0/255).
+    """Predict every sample at the segmenter's canvas and score it; optionally write
+    ``save_pred/<id>.png`` (0/255).
 
-    ``feature_cache`` (frozen backbones) supplies backbone taps instead of running the backbone;
-    ``crf`` refines each probability map with DenseCRF (:mod:`refseg.postprocess.crf`).
+    ``threshold`` defaults to the model's; ``crf`` refines each probability map with DenseCRF;
+    ``feature_cache`` (torch runner) supplies backbone taps instead of running the backbone.
+    Samples run in batches of ``batch_size`` (one photo per expression).
     """
-    device = torch.device(device)
+    threshold = segmenter.check_options(threshold, crf)
     save_dir = Path(save_pred) if save_pred is not None else None
     if save_dir is not None:
         from refseg.errors import OutputError
@@ -75,38 +89,40 @@ def evaluate(
             raise OutputError(f"cannot create prediction folder {save_dir}: {exc.strerror}") from None
         pred_paths = [child_path(save_dir, f"{sample.id}.png") for sample in samples]  # ids checked up front
     cached = feature_cache is not None
-    dataset = RefDataset(samples, image_size, cached=cached, with_targets=True)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collator(model.tokenize))
+    dataset = RefDataset(samples, segmenter.canvas, cached=cached, with_targets=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=Collator(segmenter.model.tokenize))
     accumulator = MetricAccumulator(length_edges)
-    was_training = model.training
-    model.eval()
     done = 0
     for collated in loader:
         batch = collated.batch
-        if cached:
-            batch.features = feature_cache.features(model, image_size, collated.views, device)
         with autocast():
-            logits = model(batch.to(device)).logits.float()
+            out = segmenter.runner.run(_features(segmenter, collated, feature_cache), batch.tokens, batch.lengths, batch.texts)
         for k, index in enumerate(collated.indices):
             sample = samples[index]
-            prediction = postprocess(logits[k], collated.boxes[k], threshold)
-            mask = prediction.mask
-            if crf:
-                mask = _refine(prediction.prob, sample, threshold)
+            photo = sample.load_image() if crf else None
+            mask = segmenter.decode(out, k, collated.boxes[k], threshold, photo).mask
             if save_dir is not None:
                 save_mask_png(pred_paths[index], mask)
             accumulator.add(mask, collated.targets[k], sample.sentence, sample.id)
         done += len(collated.indices)
         if on_progress is not None:
             on_progress(done, len(samples))
-    model.train(was_training)
     return accumulator
 
 
-def _refine(prob: np.ndarray, sample: RefSample, threshold: float) -> np.ndarray:
-    from refseg.postprocess.crf import refine
+def _features(segmenter: "Segmenter", collated, feature_cache: FeatureCache | None):
+    """The runner's image features of a batch: encoded now, or taken from ``feature_cache``."""
+    runner = segmenter.runner
+    if feature_cache is None:
+        return runner.encode_image(collated.batch.images)
+    from refseg.runtime.torch_runner import ImageFeatures, TorchRunner
 
-    return refine(prob, sample.load_image()) >= threshold
+    if not isinstance(runner, TorchRunner):
+        from refseg.errors import ConfigError
+
+        raise ConfigError("a feature cache needs the torch runtime")
+    taps = feature_cache.features(segmenter.model, segmenter.canvas, collated.views, runner.device)
+    return ImageFeatures.cached(taps, len(collated.views), segmenter.canvas, runner.device)
 
 
 def precision_curve(accumulator: MetricAccumulator, steps: int = 21) -> tuple[np.ndarray, np.ndarray]:

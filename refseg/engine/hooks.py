@@ -67,7 +67,7 @@ class Validation(Hook):
         state.metrics, state.improved = None, False
         if not (last or (self.every and finished and (state.epoch + 1) % self.every == 0)):
             return
-        state.metrics = metrics = trainer.validate(trainer.model, trainer.cache)
+        state.metrics = metrics = trainer.validate(trainer.model, trainer.cache).summary()
         trainer.log(
             f"epoch {state.epoch + 1}: val mean IoU {100 * metrics['mean_iou']:.2f}, "
             f"overall IoU {100 * metrics['overall_iou']:.2f} (n={metrics['n']})"

@@ -43,6 +43,7 @@ from refseg.engine.checkpointer import (
 from refseg.engine.collate import Collator
 from refseg.engine.feature_cache import FeatureCache
 from refseg.engine.hooks import EpochCheckpoint, Hook, MetricsLog, PeriodicCheckpoint, StageSchedule, Validation
+from refseg.engine.metrics import MetricAccumulator
 from refseg.errors import ConfigError
 from refseg.models.base import Batch, RefSegModel, build_model
 from refseg.models.losses import distractor_logistic, soft_iou
@@ -407,7 +408,7 @@ class Trainer:
         if not finite_weights(model):
             raise divergence_error(self, "in its staged training: the weights are no longer finite")
         model.eval()
-        metrics = self.validate(model, FeatureCache(torch.float32)) if self.val_samples else None
+        metrics = self.validate(model, FeatureCache(torch.float32)).summary() if self.val_samples else None
         if metrics is not None:
             self.log(f"val mean IoU {100 * metrics['mean_iou']:.2f}, overall IoU {100 * metrics['overall_iou']:.2f}")
         if self.runtime.is_main:
@@ -420,22 +421,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------- helpers
 
-    def validate(self, model: RefSegModel, cache: FeatureCache | None) -> dict[str, Any]:
-        """Metrics on ``data.val`` (each process scores its shard; accumulators are gathered)."""
-        from refseg.engine.evaluator import evaluate
+    def validate(self, model: RefSegModel, cache: FeatureCache | None) -> MetricAccumulator:
+        """Metrics on ``data.val``, as :func:`~refseg.engine.evaluator.evaluate` gives them (each
+        process scores its shard; the accumulators are gathered)."""
+        from refseg.engine.evaluator import evaluate, evaluation_segmenter
 
         rt = self.runtime
         saved_rng = rng_state()  # validation must not change the training run's random draws
         shard = self.val_samples[rt.rank :: rt.world]
+        canvas = self.config.data.image_size
         if cache is not None:
-            self._fill_cache(cache, model, RefDataset(shard, self.config.data.image_size, cached=True), "validation")
-        accumulator = evaluate(
-            model, shard, self.config.data.image_size, batch_size=self.config.train.eval_batch_size,
-            device=rt.device, feature_cache=cache, autocast=rt.autocast,
-        )
-        summary = accumulator.gather().summary()
+            self._fill_cache(cache, model, RefDataset(shard, canvas, cached=True), "validation")
+        was_training = model.training
+        segmenter = evaluation_segmenter(model, canvas, device=rt.device)
+        batch_size = self.config.train.eval_batch_size
+        accumulator = evaluate(segmenter, shard, batch_size=batch_size, feature_cache=cache, autocast=rt.autocast)
+        model.train(was_training)
         set_rng_state(saved_rng)
-        return summary
+        return accumulator.gather()
 
     def _fill_cache(self, cache: FeatureCache, model: RefSegModel, dataset: RefDataset, what: str) -> None:
         todo = len(cache.missing(model, dataset))

@@ -1,4 +1,4 @@
-"""ONNX export of a refseg model and the onnxruntime runner behind ``runtime="onnx"``.
+"""ONNX export of a refseg model (run by :mod:`refseg.runtime.onnx_runner`, ``runtime="onnx"``).
 
 The exported graph takes the letterboxed, normalised photo ``image`` [1, 3, S, S], token ids
 ``tokens`` [B, T] (int64, 0 = padding) and ``lengths`` [B] (int64) and returns ``logits``
@@ -22,24 +22,22 @@ the image size are stored in the ONNX ``metadata_props``.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from refseg.errors import CheckpointError, ConfigError
 from refseg.extras import require
-from refseg.io import atomic_write_bytes
-from refseg.models.base import Batch, ModelOutput, RefSegModel
+from refseg.io import atomic_write_bytes, file_sha256
+from refseg.models.base import ModelOutput, RefSegModel
+from refseg.runtime.base import broadcast_batch
+from refseg.runtime.onnx_runner import Layout, OnnxRunner, onnx_session, pad_tokens
 
 DEFAULT_OPSET = 17
 #: Largest |difference| between onnxruntime and PyTorch accepted by the export check, for the
@@ -54,14 +52,6 @@ PROBABILITY_TOLERANCE = 2.5e-4
 TOLERANCE = 1e-3
 INPUTS = ("image", "tokens", "lengths")
 _PROBE_TEXTS = ("the man on the left", "red", "a small white dog next to the large brown chair on the right")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which input axes the exported graph accepts at any size."""
-
-    dynamic_batch: bool
-    dynamic_words: bool
 
 
 LAYOUTS = (Layout(True, True), Layout(True, False), Layout(False, False))
@@ -88,10 +78,7 @@ class _Graph(nn.Module):
         self.extras = extras
 
     def forward(self, image: Tensor, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
-        features = self.model.encode_image(image)
-        n = tokens.shape[0]
-        shared = [f.expand(n, *f.shape[1:]) for f in features]
-        out = self.model(Batch(images=None, tokens=tokens, lengths=lengths, features=shared))
+        out = self.model(broadcast_batch(self.model.encode_image(image), tokens, lengths))
         return (out.logits, *(out.extras[name] for name in self.extras))
 
 
@@ -121,7 +108,7 @@ def export_onnx(
         k for k, v in last[3].extras.items() if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(last[0])
     ))
     tokens, lengths = model.tokenize(list(_PROBE_TEXTS[:2]))
-    probe = (image, _pad(tokens, max_tokens), lengths)  # the traced shapes: two texts, T = cap
+    probe = (image, pad_tokens(tokens, max_tokens), lengths)  # the traced shapes: two texts, T = cap
     failures: list[str] = []
     traces: dict[bool, bytes | str] = {}  # one trace per batch mode; T is decided at verification
     for layout in LAYOUTS:
@@ -179,14 +166,8 @@ def _torch_references(model: RefSegModel, image: Tensor) -> list[tuple[list[str]
     for texts in ([_PROBE_TEXTS[1]], list(_PROBE_TEXTS)):
         tokens, lengths = model.tokenize(texts)
         with torch.inference_mode():
-            references.append((texts, tokens, lengths, _run_torch(model, image, tokens, lengths)))
+            references.append((texts, tokens, lengths, model(broadcast_batch(model.encode_image(image), tokens, lengths))))
     return references
-
-
-def _run_torch(model: RefSegModel, image: Tensor, tokens: Tensor, lengths: Tensor) -> ModelOutput:
-    features = model.encode_image(image)
-    shared = [f.expand(tokens.shape[0], *f.shape[1:]) for f in features]
-    return model(Batch(images=None, tokens=tokens, lengths=lengths, features=shared))
 
 
 def _trace_to_onnx(
@@ -235,7 +216,7 @@ def _verify(
 ) -> tuple[float, float]:
     """Largest |difference| between onnxruntime and the PyTorch references: of the probabilities
     (sigmoid of the logits), and of the other outputs scaled by 1 + |value| (see ``TOLERANCE``)."""
-    runner = OnnxRunner(_session(graph, "cpu"), layout, max_tokens, ("logits", *extras))
+    runner = OnnxRunner(onnx_session(graph, "cpu"), layout, max_tokens, ("logits", *extras))
     worst_probability = worst_extras = 0.0
     for texts, tokens, lengths, expected in references:
         got = runner.run(runner.encode_image(image), tokens, lengths, texts)
@@ -250,40 +231,6 @@ def _verify(
                 return float("inf"), float("inf")
             worst_extras = max(worst_extras, float(((have - want).abs() / (1 + want.abs())).max()))
     return worst_probability, worst_extras
-
-
-class OnnxRunner:
-    """The :class:`refseg.api.Runner` for onnxruntime: one graph call per batch of expressions."""
-
-    def __init__(self, session: Any, layout: Layout, max_tokens: int, outputs: tuple[str, ...]) -> None:
-        self.session = session
-        self.layout = layout
-        self.max_tokens = max_tokens
-        self.outputs = outputs
-        self._inputs = {i.name for i in session.get_inputs()}  # unused inputs are pruned by the exporter
-
-    @classmethod
-    def from_file(cls, path: str | Path, device: str = "cpu") -> "OnnxRunner":
-        props = read_metadata(path)
-        layout = Layout(json.loads(props["dynamic_batch"]), json.loads(props["dynamic_words"]))
-        tokenizer = json.loads(props["tokenizer"])
-        return cls(_session(str(path), device), layout, int(tokenizer["max_tokens"]), tuple(json.loads(props["outputs"])))
-
-    def encode_image(self, images: Tensor) -> np.ndarray:
-        """The graph encodes the image itself; this only hands the array over."""
-        return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-
-    def run(self, features: np.ndarray, tokens: Tensor, lengths: Tensor, texts: list[str]) -> ModelOutput:
-        if not self.layout.dynamic_words:
-            tokens = _pad(tokens, self.max_tokens)
-        rows = range(tokens.shape[0]) if not self.layout.dynamic_batch else [slice(None)]
-        parts = [self._call(features, tokens[r], lengths[r]) for r in (_as_slice(r) for r in rows)]
-        merged = [torch.cat([torch.from_numpy(p[k]) for p in parts]) for k in range(len(self.outputs))]
-        return ModelOutput(logits=merged[0], extras=dict(zip(self.outputs[1:], merged[1:])))
-
-    def _call(self, image: np.ndarray, tokens: Tensor, lengths: Tensor) -> list[np.ndarray]:
-        feed = {"image": image, "tokens": tokens.numpy().astype(np.int64), "lengths": lengths.numpy().astype(np.int64)}
-        return self.session.run(list(self.outputs), {k: v for k, v in feed.items() if k in self._inputs})
 
 
 def export_checkpoint(
@@ -310,28 +257,6 @@ def default_onnx_path(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-def create_onnx_runner(
-    model: RefSegModel, checkpoint: str | Path, image_size: int, device: str = "cpu"
-) -> OnnxRunner:
-    """The runner for ``Segmenter.from_pretrained(..., runtime="onnx")``.
-
-    Uses :func:`default_onnx_path` when it was exported from this very checkpoint at this image
-    size; otherwise exports once into the cache folder (``$REFSEG_CACHE`` or ``~/.cache/refseg``)
-    and reuses it.
-    """
-    require("onnx", "the onnx runtime")
-    digest = file_sha256(checkpoint)
-    sibling = default_onnx_path(checkpoint)
-    if sibling.is_file() and _matches(sibling, digest, image_size):
-        return OnnxRunner.from_file(sibling, device)
-    cache = Path(os.environ.get("REFSEG_CACHE") or Path.home() / ".cache" / "refseg") / "onnx"
-    cached = cache / f"{Path(checkpoint).stem}-{digest[:16]}-{image_size}.onnx"
-    if not (cached.is_file() and _matches(cached, digest, image_size)):
-        cache.mkdir(parents=True, exist_ok=True)
-        export_checkpoint(model, checkpoint, cached, image_size)
-    return OnnxRunner.from_file(cached, device)
-
-
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an exported refseg ONNX file (weights are not loaded)."""
     require("onnx", "reading an ONNX file", ("onnx",))
@@ -345,43 +270,6 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if "refseg_model" not in props:
         raise CheckpointError(f"{path} is not an ONNX file exported by refseg")
     return props
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _matches(path: Path, digest: str, image_size: int) -> bool:
-    try:
-        props = read_metadata(path)
-    except CheckpointError:
-        return False
-    return props.get("checkpoint_sha256") == digest and props.get("image_size") == str(image_size)
-
-
-def _session(model: bytes | str, device: str):
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # failures surface as exceptions; no console noise
-    return ort.InferenceSession(model, sess_options=options, providers=providers)
-
-
-def _pad(tokens: Tensor, length: int) -> Tensor:
-    if tokens.shape[1] >= length:
-        return tokens[:, :length]
-    return torch.nn.functional.pad(tokens, (0, length - tokens.shape[1]))
-
-
-def _as_slice(row: int | slice) -> slice:
-    return row if isinstance(row, slice) else slice(row, row + 1)
 
 
 def _describe(layout: Layout) -> str:

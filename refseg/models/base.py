@@ -86,6 +86,10 @@ class RefSegModel(nn.Module):
         """Expressions → (token ids [B, T] long, lengths [B] long)."""
         raise NotImplementedError
 
+    def label_names(self) -> tuple[str, ...]:
+        """Names of the labels the model's candidates carry (``extras["candidate_labels"]``); none by default."""
+        return ()
+
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Backbone taps for ``images``; cacheable when the backbone is frozen."""
         raise NotImplementedError

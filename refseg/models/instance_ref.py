@@ -23,7 +23,7 @@ from refseg.models import text as T
 from refseg.models.base import Batch, ModelOutput, RefSegModel, register
 from refseg.models.boxes import nms
 from refseg.models.candidate_cues import CUE_GROUPS, CUE_NAMES, Candidates, cue_features
-from refseg.models.expression import ExpressionParser, ParsedExpression
+from refseg.models.expression import ExpressionParser, ParsedExpression, label_names
 from refseg.models.instance_heads import MaskHead, StuffHead
 from refseg.models.layers import probability_to_logit
 from refseg.vocabulary import COLOUR_NAMES, colour_shares
@@ -108,6 +108,9 @@ class InstanceRef(RefSegModel):
     def taps(self, images: Tensor) -> list[Tensor]:
         """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases."""
         return self.detector.features(_canvas_rgb(images) * (2.0 / 255.0) - 1.0)
+
+    def label_names(self) -> tuple[str, ...]:
+        return label_names()
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Canvases [B, 3, S, S] → the candidates of each photo, packed (see :class:`Candidates`)."""

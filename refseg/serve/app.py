@@ -84,16 +84,15 @@ class SegmenterLike(Protocol):
     ) -> PredictionLike | list[PredictionLike]: ...
 
 
-def describe_model(segmenter: Any, source: str | Path | None, runtime: str) -> dict[str, Any]:
-    """What /health reports about a loaded :class:`refseg.api.Segmenter`."""
-    from refseg.engine.checkpoint import resolve_model_path
-
+def describe_model(segmenter: Any, runtime: str) -> dict[str, Any]:
+    """What /health reports about a loaded :class:`refseg.api.Segmenter` (from its model card)."""
+    card = segmenter.card
     return {
-        "name": segmenter.model.name,
-        "checkpoint": resolve_model_path(source).name,
+        "name": card.name,
+        "checkpoint": card.provenance.path.name if card.provenance is not None else None,
         "runtime": runtime,
-        "image_size": segmenter.image_size,
-        "threshold": segmenter.threshold,
+        "image_size": card.canvas,
+        "threshold": card.threshold,
     }
 
 

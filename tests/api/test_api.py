@@ -12,7 +12,8 @@ from PIL import Image
 
 from refseg.api import TEXT_CHUNK, Prediction, Segmenter
 from refseg.errors import CheckpointError, ConfigError, ImageError, TextError
-from tiny_segmenter import STEPS, RedModel, red_square_photo, save_red_model
+from refseg.engine.checkpoint import save_model
+from tiny_segmenter import NAME, STEPS, RedModel, red_square_photo, save_red_model
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +25,52 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max(1, (a | b).sum()))
 
 
-def test_from_pretrained_reads_image_size_from_checkpoint(tmp_path: Path) -> None:
+def test_from_pretrained_reads_the_canvas_from_the_checkpoint(tmp_path: Path) -> None:
     path = save_red_model(tmp_path, image_size=96)
-    assert Segmenter.from_pretrained(path).image_size == 96
-    assert Segmenter.from_pretrained(path, image_size=128).image_size == 128
+    assert Segmenter.from_pretrained(path).canvas == 96
+    assert Segmenter.from_pretrained(path, canvas=128).canvas == 128
+
+
+def test_image_size_is_a_deprecated_alias_of_canvas(tmp_path: Path) -> None:
+    path = save_red_model(tmp_path, image_size=96)
+    with pytest.warns(DeprecationWarning, match="canvas"):
+        seg = Segmenter.from_pretrained(path, image_size=128)
+    with pytest.warns(DeprecationWarning, match="canvas"):
+        assert seg.image_size == 128
+    with pytest.warns(DeprecationWarning, match="canvas"):
+        assert Segmenter(RedModel(), image_size=64).canvas == 64
+
+
+def test_the_loader_gives_a_typed_model_card(tmp_path: Path) -> None:
+    from refseg.io import file_sha256
+    from refseg.runtime import load_pretrained
+
+    path = save_model(tmp_path / "red.safetensors", RedModel(), {"image_size": 96, "threshold": 0.4})
+    model, card = load_pretrained(path, canvas=64)
+    assert (card.name, card.canvas, card.threshold, card.labels) == (NAME, 64, 0.4, ())
+    assert card.provenance.path == path and card.provenance.sha256 == file_sha256(path)
+    assert not card.provenance.shipped
+    assert Segmenter.from_pretrained(path).card == load_pretrained(path)[1]
+
+
+def test_a_registered_runner_is_a_runtime(tmp_path: Path) -> None:
+    from refseg.runtime import base, list_runners, register_runner
+    from refseg.runtime.torch_runner import TorchRunner
+
+    built = []
+
+    @register_runner("_test_counting")
+    def counting(model, card, device="cpu"):
+        built.append(card.canvas)
+        return TorchRunner(model, device)
+
+    try:
+        assert "_test_counting" in list_runners()
+        seg = Segmenter.from_pretrained(save_red_model(tmp_path, image_size=96), runtime="_test_counting")
+        rgb, target = red_square_photo(40, 60, (5, 10, 30, 50))
+        assert built == [96] and _iou(seg.predict(rgb, "red").mask, target) > 0.9
+    finally:
+        del base._RUNNERS["_test_counting"]
 
 
 @pytest.mark.parametrize("kind", ["path", "bytes", "pil", "array"])
@@ -110,7 +153,7 @@ def test_threshold_moves_the_mask(segmenter: Segmenter) -> None:
 
 
 def test_threshold_stored_with_the_model_is_the_default(tmp_path: Path) -> None:
-    from refseg.engine.checkpoint import load_model, save_model
+    from refseg.engine.checkpoint import load_model
 
     model, _ = load_model(save_red_model(tmp_path))
     strict = Segmenter.from_pretrained(save_model(tmp_path / "strict.safetensors", model, {"threshold": 0.99}))
@@ -219,7 +262,7 @@ def test_real_model_end_to_end(name: str, tmp_path: Path) -> None:
 
 
 def test_channels_last_backbone_gives_the_same_probabilities(tmp_path: Path) -> None:
-    from refseg.api import TorchRunner
+    from refseg.runtime.torch_runner import TorchRunner
 
     path = _tiny_real("lstm_cnn", tmp_path)
     fast, plain = Segmenter.from_pretrained(path), Segmenter.from_pretrained(path)

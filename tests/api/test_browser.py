@@ -35,7 +35,7 @@ if not Path(CHROMIUM).exists():
 def server_url(tmp_path_factory):
     checkpoint = save_red_model(tmp_path_factory.mktemp("model"), image_size=96)
     segmenter = Segmenter.from_pretrained(checkpoint)
-    app = create_app(segmenter, ServerLimits(max_text_chars=40), describe_model(segmenter, checkpoint, "torch"))
+    app = create_app(segmenter, ServerLimits(max_text_chars=40), describe_model(segmenter, "torch"))
     with live_server(app) as url:
         yield url
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from refseg.api import Segmenter
@@ -20,14 +21,13 @@ from refseg.errors import ConfigError
 from refseg.export.onnx import (
     PROBABILITY_TOLERANCE,
     TOLERANCE,
-    Layout,
-    OnnxRunner,
     default_onnx_path,
     export_checkpoint,
     export_onnx,
     read_metadata,
 )
 from refseg.models.base import _REGISTRY, Batch, ModelOutput, RefSegModel, create_model, list_models, register
+from refseg.runtime.onnx_runner import Layout, OnnxRunner
 from refseg.samples import SAMPLES
 from tiny_segmenter import RedModel
 
@@ -215,6 +215,52 @@ def test_segmenter_onnx_runtime_matches_torch_and_uses_the_cache(tmp_path: Path,
         assert np.abs(a.prob - b.prob).max() < 1e-4
         assert np.array_equal(a.mask, b.mask)
         assert a.extras["word_maps"].shape == b.extras["word_maps"].shape
+
+
+def _photo_manifest(folder: Path) -> Path:
+    """Three photos, two expressions each, with random target masks: a manifest for `refseg eval`."""
+    from refseg.data.manifest import write_manifest
+    from refseg.data.sample import RefSample
+
+    rng = np.random.default_rng(3)
+    samples = []
+    for p in range(3):
+        photo = _photo(40 + 7 * p, 70 - 9 * p)
+        for t, text in enumerate(["the red dog", "a small white man on the left"]):
+            mask = rng.random(photo.shape[:2]) < 0.3
+            samples.append(RefSample(id=f"p{p}t{t}", image=photo, sentence=text, mask=mask, split="val", image_id=str(p)))
+    return write_manifest(samples, folder)
+
+
+def test_cli_eval_runs_the_onnx_runtime(tmp_path: Path, onnx_cache: Path, capsys) -> None:
+    """`refseg eval --runtime onnx`: the masks of `--runtime torch`, and the same metrics."""
+    torch.manual_seed(1)
+    checkpoint = save_model(tmp_path / "words.safetensors", WordLoopModel("lstm"), {"image_size": 64})
+    manifest = _photo_manifest(tmp_path / "data")
+    for runtime in ("torch", "onnx"):
+        main(["eval", "--data", str(manifest), "--model", str(checkpoint), "--runtime", runtime, "--batch-size", "4",
+              "--save-pred", str(tmp_path / runtime), "--json", str(tmp_path / f"{runtime}.json")])
+    capsys.readouterr()
+    for png in sorted((tmp_path / "torch").glob("*.png")):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "onnx" / png.name)))
+    metrics = [json.loads((tmp_path / f"{r}.json").read_text()) for r in ("torch", "onnx")]
+    assert metrics[0] == metrics[1] and metrics[0]["n"] == 6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--runtime", "onnx"], "error: model 'instance_ref' cannot run on the onnx runtime: "),  # the default model
+        (["--runtime", "tensorflow"], "error: unknown runtime 'tensorflow'; choose one of: onnx, torch"),
+    ],
+)
+def test_cli_eval_runtime_errors_are_one_line(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    manifest = _photo_manifest(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--data", str(manifest), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
 
 
 def test_cli_export_writes_the_sibling_file_that_the_onnx_runtime_uses(tmp_path: Path, onnx_cache: Path, capsys) -> None:

@@ -44,7 +44,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def client(checkpoint: Path) -> TestClient:
     segmenter = Segmenter.from_pretrained(checkpoint)
     limits = ServerLimits(max_upload_bytes=300_000, max_pixels=1_000_000, max_text_chars=40, max_texts=3)
-    with TestClient(create_app(segmenter, limits, describe_model(segmenter, checkpoint, "torch"))) as c:
+    with TestClient(create_app(segmenter, limits, describe_model(segmenter, "torch"))) as c:
         yield c
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from refseg.api import Segmenter
 from refseg.cli import main
 from refseg.config import load_config
 from refseg.data.manifest import read_manifest
 from refseg.data.transforms import Letterbox
 from refseg.engine.checkpoint import load_model
-from refseg.engine.evaluator import evaluate, precision_curve
+from refseg.engine.evaluator import evaluate, evaluation_segmenter, precision_curve
 from refseg.engine.metrics import MetricAccumulator
 from refseg.engine.trainer import train
 from refseg.postprocess.masks import postprocess
@@ -67,11 +68,22 @@ def test_model_eval_and_prediction_dir_scoring_agree(trained, tmp_path, capsys):
     assert Image.open(tmp_path / "model.precision.png").size == (640, 420)
 
 
+def test_evaluation_masks_are_the_api_masks(trained, tmp_path):
+    """One inference path: `refseg eval --save-pred` writes what `Segmenter.predict` returns."""
+    manifest, checkpoint = trained
+    preds = tmp_path / "preds"
+    main(["eval", "--data", str(manifest), "--split", "val", "--model", str(checkpoint), "--save-pred", str(preds)])
+    segmenter = Segmenter.from_pretrained(checkpoint, channels_last=False)  # evaluation's memory format
+    for sample in read_manifest(manifest, split="val"):
+        mask = segmenter.predict(sample.load_image(), sample.sentence).mask
+        assert np.array_equal(np.asarray(Image.open(preds / f"{sample.id}.png")) > 0, mask)
+
+
 def test_evaluator_scores_the_postprocessed_model_output(trained):
     manifest, checkpoint = trained
     model, meta = load_model(checkpoint)
     samples = read_manifest(manifest, split="val")
-    accumulator = evaluate(model, samples, meta["image_size"], batch_size=4)
+    accumulator = evaluate(evaluation_segmenter(model, meta["image_size"]), samples, batch_size=4)
     expected = MetricAccumulator()
     from refseg.data.dataset import RefDataset
     from refseg.engine.collate import Collator

@@ -120,7 +120,7 @@ def test_imagenet_source_accepts_features_without_p_image() -> None:
 
 
 def test_api_encodes_per_image_work_once_and_matches_each_expression(model, monkeypatch) -> None:
-    seg = Segmenter(model, image_size=SIZE)
+    seg = Segmenter(model, canvas=SIZE)
     calls = {"backbone": 0, "imagenet": 0}
     for name, owner, attr in (("backbone", model.backbone, "forward"), ("imagenet", model.backbone, "imagenet_logits")):
         original = getattr(owner, attr)

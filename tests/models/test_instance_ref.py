@@ -107,7 +107,7 @@ def test_checkpoint_round_trip_leaves_the_detector_out(model, tmp_path):
 def test_api_lists_candidates_best_first(model):
     from refseg.api import Segmenter
 
-    segmenter = Segmenter(model, image_size=SIZE)
+    segmenter = Segmenter(model, canvas=SIZE)
     pred = segmenter.predict(photo(), "the thing on the right")
     candidates = pred.candidates
     assert candidates, "an instance-aware prediction lists its candidates"

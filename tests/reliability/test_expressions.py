@@ -34,7 +34,7 @@ def real_segmenter(request) -> Segmenter:
         model = create_model("lstm_cnn", text="minilm", classifier=8)
     else:
         model = create_model("lstm_cnn", vocab=["red", "half", "left"], embedding=request.param, hidden=8, classifier=8)
-    return Segmenter(model, image_size=64)
+    return Segmenter(model, canvas=64)
 
 
 def test_odd_texts_segment_with_every_text_encoder(real_segmenter: Segmenter) -> None:

@@ -51,7 +51,7 @@ def test_cli_eval_refuses_canvas_sizes_out_of_range(cli, red_checkpoint, photo, 
 @pytest.mark.parametrize("size", [int(s) for s in BAD_CANVAS])
 def test_api_refuses_canvas_sizes_out_of_range(red_checkpoint, size) -> None:
     with pytest.raises(ConfigError, match="between"):
-        Segmenter.from_pretrained(red_checkpoint, image_size=size)
+        Segmenter.from_pretrained(red_checkpoint, canvas=size)
 
 
 @pytest.mark.parametrize("size", [0, 100000, 12000])
