@@ -124,11 +124,16 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **config: Any) -> RefSegModel:
-    """Build a registered model by name; ``config`` goes to its constructor."""
+def model_class(name: str) -> type[RefSegModel]:
+    """The class registered as ``name`` (unknown name → one-line ConfigError)."""
     _import_models()
     if name not in _REGISTRY:
         from refseg.errors import ConfigError
 
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**config)
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **config: Any) -> RefSegModel:
+    """Build a registered model by name; ``config`` goes to its constructor."""
+    return model_class(name)(**config)
