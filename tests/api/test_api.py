@@ -12,7 +12,8 @@ from PIL import Image
 
 from refseg.api import TEXT_CHUNK, Prediction, Segmenter
 from refseg.errors import CheckpointError, ConfigError, ImageError, TextError
-from tiny_segmenter import STEPS, RedModel, red_square_photo, save_red_model
+from tests.fixtures.photos import red_square_photo
+from tests.fixtures.red_model import STEPS, RedModel, save_red_model
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from refseg.engine.evaluator import evaluate, precision_curve
 from refseg.engine.metrics import MetricAccumulator
 from refseg.engine.trainer import train
 from refseg.postprocess.masks import postprocess
-from tiny_engine_model import tiny_config_text, write_square_manifest
+from tests.fixtures.training import tiny_config_text, write_square_manifest
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,12 @@
-"""Fixtures of the reliability tests: the red-pixel test model (shared with tests/api) behind the
+"""Fixtures of the reliability tests: the red-pixel test model (tests.fixtures.red_model) behind the
 three user surfaces — the Python API, the ``refseg`` CLI (in process) and the HTTP server."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-for helpers in ("api", "engine"):  # tiny_segmenter.py, tiny_engine_model.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / helpers))
-
-from tiny_segmenter import save_red_model  # noqa: E402
+from tests.fixtures.red_model import save_red_model
 
 IMAGE_SIZE = 64
 
