@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cli import run_refseg
 from tests.fixtures.red_model import save_red_model
 
 IMAGE_SIZE = 64
@@ -38,14 +39,4 @@ def client(segmenter):
 @pytest.fixture()
 def cli(capsys):
     """Run ``refseg ARGS`` in process; returns (exit code, stdout, stderr)."""
-    from refseg.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        captured = capsys.readouterr()
-        return exit_info.value.code or 0, captured.out, captured.err
-
-    return run
-
+    return lambda *args: run_refseg(capsys, *args)
