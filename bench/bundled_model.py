@@ -121,21 +121,17 @@ def threshold_sweep(
     Backbone features are computed once per size, for fine-tuned backbones too: the weights are
     fixed here. The models are fully convolutional with coordinates in [-1, 1], so a canvas other
     than the training one is a valid inference setting to choose."""
-    import torch
-
     from refseg.config import load_config
-    from refseg.data.dataset import FeatureCache, RefDataset, load_samples
+    from refseg.data.dataset import load_samples
     from refseg.engine.checkpoint import load_model
-    from refseg.engine.evaluator import evaluate, model_image_size
+    from refseg.engine.evaluator import model_image_size
+    from refseg.engine.release import threshold_summaries
 
     model, meta = load_model(checkpoint_of(run))
     samples = load_samples(load_config(config), "val")
     rows = ["| canvas | threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|---|"]
     for size in sizes or [model_image_size(model, meta)]:
-        cache = FeatureCache(torch.float16)
-        cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
-        for threshold in thresholds:
-            summary = evaluate(model, samples, size, batch_size=32, threshold=threshold, feature_cache=cache).summary()
+        for threshold, summary in threshold_summaries(model, samples, size, thresholds).items():
             rows.append(
                 f"| {size} | {threshold:g} | {_pct(summary['mean_iou'])} | {_pct(summary['overall_iou'])} "
                 f"| {_pct(summary['prec@0.5'])} |"

@@ -17,10 +17,12 @@ import torch
 
 from refseg.config import Config, from_dict, load_config
 from refseg.data.dataset import FeatureCache, RefDataset, load_samples
+from refseg.data.sample import RefSample
 from refseg.engine.checkpoint import WEIGHTS_DIR, load_model, model_file_bytes, resolve_model_path
 from refseg.engine.evaluator import evaluate, model_image_size
 from refseg.errors import ConfigError, OutputError, RefsegError
-from refseg.io import atomic_write_bytes
+from refseg.io import atomic_write_bytes, check_output_path
+from refseg.limits import check_canvas_size
 from refseg.models.base import RefSegModel
 
 #: Largest file a release may be (a wheel carries the shipped models).
@@ -66,14 +68,13 @@ def release(
     default the run's own training config) at ``image_size`` (default: the training canvas). ``meta``
     keeps the trainer's synthesized-val metrics and training config, and the training command of ``config``.
     """
-    path = Path(path)
+    path = check_output_path(path)  # before the model loads and val is scored
     if path.exists() and not force:
         raise OutputError(f"{path} exists: pass --force to replace it")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
-    checkpoint = resolve_model_path(source)
-    model, meta = load_model(checkpoint)
-    size = image_size or model_image_size(model, meta)
+    model, meta = load_model(resolve_model_path(source))
+    size = check_canvas_size(image_size, "--image-size") if image_size else model_image_size(model, meta)
     scores = {} if threshold is not None else val_scores(model, _val_config(meta, config), size, thresholds)
     if threshold is None:
         threshold = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
@@ -102,14 +103,22 @@ def _val_config(meta: dict[str, Any], config: str | Path | None) -> Config:
     return from_dict(meta["train_config"])
 
 
+def threshold_summaries(
+    model: RefSegModel, samples: Sequence[RefSample], image_size: int, thresholds: Sequence[float]
+) -> dict[float, dict[str, Any]]:
+    """Metrics summary of ``model`` on ``samples`` at each decision threshold. The backbone runs once
+    per photo (float16 feature cache): the weights are fixed here, only the threshold changes."""
+    cache = FeatureCache(torch.float16)
+    cache.fill(model, RefDataset(samples, image_size, cached=True), torch.device("cpu"))
+    return {
+        t: evaluate(model, samples, image_size, batch_size=32, threshold=t, feature_cache=cache).summary()
+        for t in thresholds
+    }
+
+
 def val_scores(model: RefSegModel, config: Config, image_size: int, thresholds: Sequence[float]) -> dict[float, float]:
-    """Synthesized-val mean IoU of ``model`` at each threshold (backbone features computed once)."""
+    """Synthesized-val mean IoU (the val split of ``config``) of ``model`` at each threshold."""
     samples = load_samples(config, "val")
     if not samples:
         raise ConfigError("the training config has no val split to choose the threshold on: give --threshold")
-    cache = FeatureCache(torch.float32)
-    cache.fill(model, RefDataset(samples, image_size, cached=True), torch.device("cpu"))
-    return {
-        t: evaluate(model, samples, image_size, batch_size=32, threshold=t, feature_cache=cache).summary()["mean_iou"]
-        for t in thresholds
-    }
+    return {t: summary["mean_iou"] for t, summary in threshold_summaries(model, samples, image_size, thresholds).items()}

@@ -74,6 +74,10 @@ def test_existing_files_are_kept_unless_forced(run_dir, tmp_path):
 def test_bad_requests_are_one_line_errors(run_dir, tmp_path):
     with pytest.raises(ConfigError, match="between 0 and 1"):
         release(run_dir, tmp_path / "x.safetensors", threshold=1.0)
+    with pytest.raises(ConfigError, match="--image-size must be between"):
+        release(run_dir, tmp_path / "x.safetensors", threshold=0.4, image_size=5)
+    with pytest.raises(OutputError, match="output folder does not exist"):
+        release(run_dir, tmp_path / "missing" / "x.safetensors", threshold=0.4)
     bare = save_model(tmp_path / "bare.safetensors", load_model(run_dir / "best.safetensors")[0], {"image_size": 64})
     with pytest.raises(ConfigError, match="no training config: give --threshold"):
         release(bare, tmp_path / "y.safetensors")
