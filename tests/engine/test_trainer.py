@@ -431,7 +431,6 @@ def test_target_categories_reach_the_batch_unless_pasted_over():
 def test_feature_cache_of_a_trainable_backbone_holds_plain_tensors():
     """Evaluation may cache a fine-tuned backbone (its weights are fixed then): no autograd graph is kept."""
     from refseg.data.dataset import FeatureCache
-    from tests.fixtures.training import TinyEngineModel
 
     model = TinyEngineModel(frozen=False)
     dataset = RefDataset(square_samples(3, seed=4), 32, cached=True)

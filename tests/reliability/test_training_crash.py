@@ -119,9 +119,8 @@ def test_death_between_the_model_file_and_the_training_state_is_harmless(tmp_pat
 def test_mid_epoch_resume_is_exact_for_a_model_with_dropout(tmp_path: Path, monkeypatch) -> None:
     """Dropout draws from the global torch RNG, which the checkpoint restores; nothing else
     (e.g. creating the epoch's DataLoader) may draw from it, or the resumed steps would differ."""
-    from tests.fixtures.training import tiny_config_text, write_square_manifest
-
     from refseg.engine.trainer import Trainer
+    from tests.fixtures.training import tiny_config_text, write_square_manifest
 
     manifest = write_square_manifest(tmp_path / "squares", 24, seed=1)
 
