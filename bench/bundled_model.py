@@ -1,6 +1,6 @@
-"""Choosing and shipping the bundled default model: training runs compared on the held-out
-synthesized val split AND on the human-written dev set (bench/human_dev), then one run shipped
-as ``refseg/weights/default.safetensors``.
+"""Choosing the bundled default model: training runs compared on the held-out synthesized val
+split AND on the human-written dev set (bench/human_dev). The chosen run is then shipped with
+``refseg release RUN --name default`` (docs/train.md, "Shipping a model").
 
 Run from the repository root::
 
@@ -9,7 +9,6 @@ Run from the repository root::
     python -m bench.bundled_model references                       # whole image, category oracle
     python -m bench.bundled_model compare runs/bundled runs/bundled_lstm_cnn ...
     python -m bench.bundled_model thresholds runs/bundled          # synthesized-val IoU per decision threshold
-    python -m bench.bundled_model ship runs/bundled --threshold 0.4   # → refseg/weights/default.safetensors
     python -m bench.bundled_model positions runs/bundled           # does the run read "left" / "right"?
     python -m bench.bundled_model instances runs/bundled           # the instance named, or its whole category?
 
@@ -17,8 +16,8 @@ Run from the repository root::
 IoU recorded by the trainer, and the human-dev scores of that best checkpoint, overall and per
 expression kind (unique / disambiguate / stuff / set). ``--crf`` adds DenseCRF-refined rows.
 ``thresholds`` scores a run on the synthesized val split of its training config at several decision
-thresholds; the shipped threshold is chosen there, never on the human dev set. ``positions`` scores
-the expressions with a side word ("left", "rightmost", ...) as written and mirrored (left ↔ right,
+thresholds (``refseg release`` chooses the shipped one there too), never on the human dev set.
+``positions`` scores the expressions with a side word ("left", "rightmost", ...) as written and mirrored (left ↔ right,
 the image unchanged): a model that reads the side words loses IoU on the mirrored text.
 ``instances`` asks, on the human-dev expressions that pick one object among several of its category,
 whether the mask finds that object or every region of its category, and counts empty masks.
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import REPO
 from bench.human_dev.build import (
     DEFAULT_DATA_ROOT,
     KINDS,
@@ -42,10 +42,6 @@ from bench.human_dev.build import (
     reference_scores,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "refseg" / "weights" / "default.safetensors"
-MAX_SHIPPED_BYTES = 30 * 1024 * 1024
-TRAINING_COMMAND = "refseg train configs/bundled.yaml"
 BUNDLED_CONFIG = REPO / "configs" / "bundled.yaml"
 
 
@@ -74,7 +70,7 @@ def human_dev_scores(
 
 def synthesized_val(checkpoint: str | Path) -> dict:
     """The synthesized-val metrics stored with a checkpoint: by the trainer (``metrics``) or by
-    :func:`ship` (``synthesized_val``); empty if none."""
+    ``refseg release`` (``synthesized_val``); empty if none."""
     from refseg.engine.checkpoint import read_header
 
     meta = read_header(checkpoint)["meta"]
@@ -121,24 +117,16 @@ def threshold_sweep(
     Backbone features are computed once per size, for fine-tuned backbones too: the weights are
     fixed here. The models are fully convolutional with coordinates in [-1, 1], so a canvas other
     than the training one is a valid inference setting to choose."""
-    import torch
-
     from refseg.config import load_config
-    from refseg.data.dataset import RefDataset
     from refseg.data.sources import load_samples
-    from refseg.engine.evaluator import evaluate, evaluation_segmenter
-    from refseg.engine.feature_cache import FeatureCache
+    from refseg.engine.release import threshold_summaries
     from refseg.runtime import load_pretrained
 
     model, card = load_pretrained(checkpoint_of(run))
     samples = load_samples(load_config(config), "val")
     rows = ["| canvas | threshold | synth val mIoU | synth val oIoU | prec@0.5 |", "|---|---|---|---|---|"]
     for size in sizes or [card.canvas]:
-        segmenter = evaluation_segmenter(model, size, card)
-        cache = FeatureCache(torch.float16)
-        cache.fill(model, RefDataset(samples, size, cached=True), torch.device("cpu"))
-        for threshold in thresholds:
-            summary = evaluate(segmenter, samples, batch_size=32, threshold=threshold, feature_cache=cache).summary()
+        for threshold, summary in threshold_summaries(model, samples, size, thresholds).items():
             rows.append(
                 f"| {size} | {threshold:g} | {_pct(summary['mean_iou'])} | {_pct(summary['overall_iou'])} "
                 f"| {_pct(summary['prec@0.5'])} |"
@@ -249,41 +237,6 @@ def instances(runs: Sequence[str | Path], items: Sequence[HumanDevItem]) -> str:
     return "\n".join(rows)
 
 
-def ship(
-    run: str | Path,
-    items: Sequence[HumanDevItem] | None,
-    out: Path = SHIPPED,
-    threshold: float = 0.5,
-    image_size: int | None = None,
-    config: Path = BUNDLED_CONFIG,
-) -> Path:
-    """Write the run's best checkpoint as the bundled model (float16, frozen pretrained parts left
-    out), with its decision threshold and inference canvas (default: the training canvas),
-    synthesized-val and human-dev numbers and the training command (of ``config``) in ``meta``."""
-    from refseg.engine.checkpoint import load_model, save_model
-
-    checkpoint = checkpoint_of(run)
-    model, meta = load_model(checkpoint)
-    if not 0.0 < threshold < 1.0:
-        raise SystemExit(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
-    shipped_meta = {
-        "image_size": image_size or meta.get("image_size"),
-        "threshold": threshold,
-        "training_command": f"refseg train {Path(config).resolve().relative_to(REPO)}",
-        "synthesized_val": synthesized_val(checkpoint),
-        "train_config": meta.get("train_config"),
-    }
-    if items is not None:
-        human = human_dev_scores(checkpoint, items, threshold=threshold, image_size=image_size)
-        shipped_meta["human_dev"] = {k: v for k, v in human["all"].items() if k != "by_length"}
-    path = save_model(out, model, shipped_meta, half=True)
-    size = path.stat().st_size
-    if size > MAX_SHIPPED_BYTES:
-        path.unlink()
-        raise SystemExit(f"{path} would be {size / 2**20:.1f} MiB, over the {MAX_SHIPPED_BYTES / 2**20:.0f} MiB cap")
-    return path
-
-
 def sweep(plan_path: str | Path, only: Sequence[str] = ()) -> list[Path]:
     """Train every variant of a lever plan (YAML) in this process; returns the run folders.
 
@@ -333,7 +286,7 @@ def _feature_key(config) -> tuple:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compare training runs and ship the bundled model.")
+    parser = argparse.ArgumentParser(description="Compare training runs for the bundled model.")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT, help="the shared data folder")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("references", help="whole-image and category-oracle scores on the human dev set")
@@ -352,12 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     positions_parser.add_argument("runs", nargs="+", type=Path)
     instances_parser = commands.add_parser("instances", help="human dev: the named instance or its whole category?")
     instances_parser.add_argument("runs", nargs="+", type=Path)
-    ship_parser = commands.add_parser("ship", help="write a run's best checkpoint as the bundled model")
-    ship_parser.add_argument("run", type=Path)
-    ship_parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold stored with the model")
-    ship_parser.add_argument("--image-size", type=int, default=None, help="inference canvas stored with the model (default: the training one)")
-    ship_parser.add_argument("--out", type=Path, default=SHIPPED)
-    ship_parser.add_argument("--config", type=Path, default=BUNDLED_CONFIG, help="the config the run was trained with")
     args = parser.parse_args(argv)
 
     if args.command == "sweep":
@@ -371,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "positions":
         print(positions(args.runs, items))
         return 0
-    if items is None and args.command != "ship":
+    if items is None:
         print(f"skipped: shared data folder not found at {args.data}")
         return 0
     if args.command == "references":
@@ -380,10 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_scores(reference_scores(items)))
     elif args.command == "compare":
         print(compare(args.runs, items, crf=args.crf))
-    elif args.command == "instances":
-        print(instances(args.runs, items))
     else:
-        print(ship(args.run, items, args.out, args.threshold, args.image_size, args.config))
+        print(instances(args.runs, items))
     return 0
 
 

@@ -1,8 +1,8 @@
 """Time and memory of DenseCRF (``refseg.postprocess.crf.refine``) on a large photo, with and
 without the pixel cap (``refseg.limits.CRF_MAX_PIXELS``); quoted in docs/reliability.md.
 
-    python bench/crf_cap.py --megapixels 36                 # capped (the default)
-    python bench/crf_cap.py --megapixels 9 --max-pixels 0   # uncapped (0 = no cap)
+    python -m bench.crf_cap --megapixels 36                 # capped (the default)
+    python -m bench.crf_cap --megapixels 9 --max-pixels 0   # uncapped (0 = no cap)
 
 One setting per process, so the peak resident memory is that of this refinement. The photo is
 synthetic (a red left half on blue, with noise) and the probability map a blurred guess of it.

@@ -29,10 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench import SHARED_DATA
 from bench.latency import interleaved_timings
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 #: (name, annotation file, photo folder) of each val set, relative to the data folder
 VAL_SETS = (
     ("coco-instances", "coco-instances/annotations/instances_val2017.json", "coco-instances/images/val2017"),
@@ -123,7 +122,7 @@ def accuracy(sizes: list[int], threshold: float, anchors: str) -> None:
 
     torch.set_num_threads(1)
     detector = load_detector(anchors=anchors)
-    sets = [(name, ground_truth(DATA / ann), DATA / photos) for name, ann, photos in VAL_SETS]
+    sets = [(name, ground_truth(SHARED_DATA / ann), SHARED_DATA / photos) for name, ann, photos in VAL_SETS]
     counted = ", ".join(f"{name} {len(gt['images'])}" for name, gt, _ in sets)
     print(f"Photos: {counted}; boxes scored at >= {EVAL_THRESHOLD}, recall at >= {threshold}; anchors: {anchors}.\n")
     print("| size | set | AP | AP@0.5 | recall@0.5 (class) | recall@0.5 (any class) | recall@0.5 (class), large | "

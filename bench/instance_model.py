@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import REPO
 from bench.bundled_model import checkpoint_of
 from bench.human_dev.build import DEFAULT_DATA_ROOT, HumanDevItem, by_kind, load_human_dev
 
-INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "instance_ref.yaml"
+INSTANCE_CONFIG = REPO / "configs" / "instance_ref.yaml"
 FAILURES = ("detector missed", "mask poor", "wrong category", "wrong instance", "stuff", "set")
 
 

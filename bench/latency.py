@@ -1,8 +1,8 @@
 """Inference latency of the Python API on CPU, written into docs/performance.md.
 
-    python bench/latency.py                       # the bundled model, 2 threads
-    python bench/latency.py --model runs/x/best.safetensors --threads 4 --no-write
-    python bench/latency.py --config configs/bundled_lstm_cnn.yaml   # an architecture, before training
+    python -m bench.latency                       # the bundled model, 2 threads
+    python -m bench.latency --model runs/x/best.safetensors --threads 4 --no-write
+    python -m bench.latency --config configs/bundled_lstm_cnn.yaml   # an architecture, before training
 
 Measures, in one process, on the "astronaut" sample photo (512 x 512, already decoded):
 
@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 import warnings
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
+from bench.doc_tables import PERFORMANCE, command_line, write_block
+
 if TYPE_CHECKING:
     from refseg.api import Segmenter
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "performance.md"
-BEGIN, END = "<!-- latency:begin -->", "<!-- latency:end -->"
 EXPRESSION = "the woman in the orange suit"
 PREDICT_ONE, BACKBONE, PREDICT_TEN = "predict, 1 expression (end to end)", "backbone forward alone", "predict, 10 expressions"
 TEN_EXPRESSIONS = (
@@ -156,17 +153,6 @@ def report(result: dict[str, object], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(markdown: str, doc: Path = DOC) -> None:
-    """Replace the text between the latency markers of ``doc`` (atomically)."""
-    from refseg.io import atomic_write_text
-
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{doc} has no {BEGIN} ... {END} markers")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    atomic_write_text(doc, pattern.sub(lambda _: f"{BEGIN}\n{markdown}\n{END}", text))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group()
@@ -182,12 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     seg = load_segmenter(args.model, args.config, args.image_size)
     source = f"architecture of {args.config}, untrained head" if args.config else args.model or "bundled"
     result = measure(seg, source, args.runs, args.warmup)
-    command = "python bench/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = report(result, command.strip())
+    markdown = report(result, command_line("latency", argv if argv is not None else sys.argv[1:]))
     print(markdown)
     if not args.no_write:
-        write_section(markdown)
-        print(f"\nwritten to {DOC}")
+        print(f"\nwritten to {write_block(PERFORMANCE, 'latency', markdown)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Load test of ``refseg serve`` on loopback, written into docs/performance.md.
 
-    python bench/load_test.py                          # bundled model, 200 concurrent requests
-    python bench/load_test.py --model runs/x/best.safetensors --requests 200 --no-write
+    python -m bench.load_test                          # bundled model, 200 concurrent requests
+    python -m bench.load_test --model runs/x/best.safetensors --requests 200 --no-write
 
 Starts ``python -m refseg serve`` as a child process on 127.0.0.1 (a free port; nothing else
 is ever contacted), waits for ``GET /health``, then fires ``--requests`` POST /segment
@@ -21,7 +21,6 @@ import asyncio
 import io
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -31,21 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "performance.md"
+from bench.doc_tables import PERFORMANCE, command_line, write_block
+
 HOST = "127.0.0.1"  # never anything else
-
-
-def write_marked_section(name: str, markdown: str, doc: Path = DOC) -> None:
-    """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``doc``."""
-    from refseg.io import atomic_write_text
-
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = doc.read_text(encoding="utf-8")
-    if begin not in text or end not in text:
-        raise SystemExit(f"{doc} has no {begin} ... {end} markers")
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    atomic_write_text(doc, pattern.sub(lambda _: f"{begin}\n{markdown}\n{end}", text))
 
 
 def resolve_model(model: str | None, folder: Path) -> tuple[str, str]:
@@ -215,12 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     args = parser.parse_args(argv)
     result = run(args)
-    command = "python bench/load_test.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = report(result, args, command.strip())
+    markdown = report(result, args, command_line("load_test", argv if argv is not None else sys.argv[1:]))
     print(markdown)
     if not args.no_write:
-        write_marked_section("load-test", markdown)
-        print(f"\nwritten to {DOC}")
+        print(f"\nwritten to {write_block(PERFORMANCE, 'load-test', markdown)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """ONNX export of every registered model: parity with PyTorch and latency of both runtimes.
 
-    python bench/onnx_bench.py                               # every registered model, fresh weights
-    python bench/onnx_bench.py --model runs/x/best.safetensors --no-write
+    python -m bench.onnx_bench                               # every registered model, fresh weights
+    python -m bench.onnx_bench --model runs/x/best.safetensors --no-write
 
 For each model (a fresh one with its default config and pretrained backbone, or the given
 checkpoint): export to ONNX (timed), then on every sample photo with its expressions compare
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latency import TEN_EXPRESSIONS, interleaved_timings
-from load_test import DOC, write_marked_section
+from bench.doc_tables import PERFORMANCE, command_line, write_block
+from bench.latency import TEN_EXPRESSIONS, interleaved_timings
 
 
 def measure(checkpoint: Path, runs: int, warmup: int) -> dict[str, object]:
@@ -143,12 +143,10 @@ def main(argv: list[str] | None = None) -> None:
             except RefsegError as exc:
                 failures.append(f"{checkpoint.stem}: {exc}")
                 print(failures[-1], flush=True)
-    command = "python bench/onnx_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    markdown = report(rows, failures, args, command.strip())
+    markdown = report(rows, failures, args, command_line("onnx_bench", argv if argv is not None else sys.argv[1:]))
     print(markdown)
     if not args.no_write:
-        write_marked_section("onnx", markdown)
-        print(f"\nwritten to {DOC}")
+        print(f"\nwritten to {write_block(PERFORMANCE, 'onnx', markdown)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Seeds comparison on ShapeRef: the seven models (RMI's R+LSTM baseline included) trained with
 the same data, seeds and budget.
 
-    python bench/seeds_shaperef.py                      # full run, writes docs/results.md
-    python bench/seeds_shaperef.py --seeds 0 1          # two seeds: means and the spread of mean IoU
-    python bench/seeds_shaperef.py --smoke              # CI: the whole pipeline on a tiny setting
+    python -m bench.seeds_shaperef                      # full run, writes docs/results.md
+    python -m bench.seeds_shaperef --seeds 0 1          # two seeds: means and the spread of mean IoU
+    python -m bench.seeds_shaperef --smoke              # CI: the whole pipeline on a tiny setting
 
 Every model gets the same ShapeRef data (``--n`` samples at ``--size`` px, scenes split 8:1:1
 train/val/test), the same frozen EfficientNet-Lite0 backbone at output stride 8 whose features
@@ -25,18 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from refseg.config import from_dict  # noqa: E402
-from refseg.data.dataset import RefDataset  # noqa: E402
-from refseg.data.shapes import generate_samples  # noqa: E402
-from refseg.engine.checkpoint import load_model  # noqa: E402
-from refseg.engine.evaluator import evaluate, evaluation_segmenter  # noqa: E402
-from refseg.models.text import split_words  # noqa: E402
-from refseg.engine.feature_cache import FeatureCache  # noqa: E402
-from refseg.engine.trainer import Trainer  # noqa: E402
-from refseg.models.base import _REGISTRY, build_model, list_models  # noqa: E402
+from bench import REPO
+from bench.doc_tables import command_line, write_block
+from refseg.config import from_dict
+from refseg.data.dataset import RefDataset
+from refseg.data.shapes import generate_samples
+from refseg.engine.checkpoint import load_model
+from refseg.engine.evaluator import evaluate, evaluation_segmenter
+from refseg.engine.feature_cache import FeatureCache
+from refseg.engine.trainer import Trainer
+from refseg.models import build_model, list_models, model_class
+from refseg.models.text import split_words
 
 MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi_baseline", "rmi", "step")
 LABELS = {
@@ -55,7 +54,6 @@ MODEL_OPTIONS = {
     "rmi": {**TEXT, "output_stride": 8},
     "step": {**TEXT, "output_stride": 8},
 }
-BEGIN, END = "<!-- seeds_shaperef:begin -->", "<!-- seeds_shaperef:end -->"
 
 
 def run_config(args: argparse.Namespace, model: str, seed: int, out: Path) -> dict:
@@ -132,7 +130,7 @@ def main() -> None:
             done = out / "result.json"
             reuse = args.resume and done.is_file() and json.loads(done.read_text())["config"] == config_dict
             config = from_dict(config_dict)
-            key = _REGISTRY[model_name].encode_image
+            key = model_class(model_name).encode_image
             if reuse:
                 console.print(f"{model_name} seed {seed}: reusing the run in {out}")
             else:
@@ -159,7 +157,7 @@ def main() -> None:
                 f"{100 * summary['overall_iou']:.2f} ({train_s / 60:.1f} min, {n_params:,} trainable parameters)"
             )
         results[model_name] = average(per_seed)
-        still_needed = {_REGISTRY[m].encode_image for m in args.models[args.models.index(model_name) + 1 :]}
+        still_needed = {model_class(m).encode_image for m in args.models[args.models.index(model_name) + 1 :]}
         for key in [k for k in caches if k not in still_needed]:
             del caches[key]  # free the memory of features no later model uses
     total_min = (time.time() - started) / 60
@@ -167,14 +165,14 @@ def main() -> None:
         "n": args.n, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(test), "length_edges": list(edges),
         "n_train": len(train_samples),
-        "minutes": round(total_min, 1), "command": " ".join(["python", "bench/seeds_shaperef.py", *[a for a in sys.argv[1:] if a != "--resume"]]),
+        "minutes": round(total_min, 1), "command": command_line("seeds_shaperef", [a for a in sys.argv[1:] if a != "--resume"]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     markdown = render(results, meta)
     print(markdown)
     if not args.no_docs:
-        write_section(args.docs, markdown)
+        write_block(args.docs, "seeds_shaperef", markdown, append=True)
         console.print(f"updated {args.docs}")
 
 
@@ -279,20 +277,6 @@ def breakdown_table(results: dict[str, dict], group: str, metric: str, title: st
     for name, r in results.items():
         lines.append("| " + " | ".join([LABELS[name], *[pct(r[group][part][metric]) for part in parts]]) + " |")
     return lines
-
-
-def write_section(path: Path, markdown: str) -> None:
-    """Replace the text between the seeds_shaperef markers of ``path`` (append them if absent)."""
-    from refseg.io import atomic_write_text
-
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
-    block = f"{BEGIN}\n{markdown}{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(path, text)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench import SHARED_DATA
 from refseg.io import atomic_write_bytes
 
 IDS = Path(__file__).resolve().with_name("shared_data_ids.json")
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_OUT = SHARED_DATA
 #: folder → the COCO annotation files it carries (per split)
 COCO_FOLDERS = {
     "coco-panoptic": ("panoptic",),

@@ -100,3 +100,14 @@ def test_export_doc_lists_every_registered_model() -> None:
     listed = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.M))
     assert listed == {name for name in list_models() if not name.startswith("_")}
     assert "not registered" not in table and "not checked" not in table
+
+
+def test_documented_bench_tools_are_modules() -> None:
+    """Bench tools run as ``python -m bench.<tool>``: every one the docs quote exists."""
+    import importlib.util
+
+    for path in [*DOCS, REPO / "bench" / "human_dev" / "README.md", *sorted((REPO / "configs").glob("*.yaml"))]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"python bench/", text), f"{path.name}: run bench tools as python -m bench.<tool>"
+        for module in re.findall(r"python -m (bench(?:\.\w+)+)", text):
+            assert importlib.util.find_spec(module) is not None, f"{path.name}: no module {module}"

@@ -15,8 +15,8 @@ The target is the union of the listed regions. Each sample is tagged with a ``ki
 
 Materialise a JSONL manifest with mask PNGs (images are referenced, never copied)::
 
-    python bench/human_dev/build.py --out runs/human_dev            # writes runs/human_dev/refs.jsonl
-    python bench/human_dev/build.py --references                    # whole-image / category-oracle scores
+    python -m bench.human_dev.build --out runs/human_dev            # writes runs/human_dev/refs.jsonl
+    python -m bench.human_dev.build --references                    # whole-image / category-oracle scores
 
 Both skip cleanly (message, exit 0) when the shared data folder is absent.
 """
@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import SHARED_DATA
 from refseg.data.sample import RefSample, Region, SampleMeta
 from refseg.errors import ConfigError
 
 EXPRESSIONS = Path(__file__).resolve().with_name("expressions.jsonl")
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
+DEFAULT_DATA_ROOT = SHARED_DATA
 DATASETS = ("coco-panoptic", "coco-instances", "coco-instances-extra")
 KINDS = ("unique", "disambiguate", "stuff", "set")
 _REQUIRED = ("id", "dataset", "split", "image_id", "file_name", "sentence")

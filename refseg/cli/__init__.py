@@ -21,9 +21,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from refseg.cli import data, detect, eval, export, segment, serve, train
+    from refseg.cli import data, detect, eval, export, release, segment, serve, train
 
-    for module in (data, train, eval, segment, detect, serve, export):
+    for module in (data, train, eval, segment, detect, serve, export, release):
         module.register(app)
 
 

@@ -7,10 +7,6 @@ from typing import Optional
 
 import typer
 
-data_app = typer.Typer(help="Dataset conversion (to JSONL manifests), ShapeRef, statistics.", no_args_is_help=True)
-convert_app = typer.Typer(help="Convert a dataset to OUT/refs.jsonl + mask PNGs.", no_args_is_help=True)
-data_app.add_typer(convert_app, name="convert")
-
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (refs.jsonl and masks/ are written there).")
 _MASK_FORMAT = typer.Option("png", "--mask-format", help="png (0/255 files) or rle (inline COCO RLE).")
 _SYNTHESIZE = typer.Option(
@@ -21,11 +17,20 @@ _LIMIT = typer.Option(0, "--limit", min=0, help="Convert only the first N photos
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` command group to the `refseg` app."""
+    """Add the ``data`` command group (with ``data convert``) to the `refseg` app."""
+    data_app = typer.Typer(help="Dataset conversion (to JSONL manifests), ShapeRef, statistics.", no_args_is_help=True)
+    convert_app = typer.Typer(help="Convert a dataset to OUT/refs.jsonl + mask PNGs.", no_args_is_help=True)
+    for name, command in (
+        ("refer", convert_refer), ("coco-instances", convert_coco_instances),
+        ("coco-panoptic", convert_coco_panoptic), ("camvid", convert_camvid),
+    ):
+        convert_app.command(name)(command)
+    data_app.add_typer(convert_app, name="convert")
+    data_app.command("shapes")(shapes)
+    data_app.command("stats")(stats)
     app.add_typer(data_app, name="data")
 
 
-@convert_app.command("refer")
 def convert_refer(
     root: Path = typer.Option(..., "--root", help="Folder holding <dataset>/refs(<split-by>).p and images/."),
     dataset: str = typer.Option("refcoco", "--dataset", help="refcoco, refcoco+, refcocog or refclef."),
@@ -44,7 +49,6 @@ def convert_refer(
     _write(samples, out, mask_format, len(samples), f"{dataset}({split_by}) {split or 'all'}")
 
 
-@convert_app.command("coco-instances")
 def convert_coco_instances(
     root: Path = typer.Option(..., "--root", help="Folder holding annotations/ and images/."),
     split: str = typer.Option("val", "--split", help="train or val."),
@@ -62,7 +66,6 @@ def convert_coco_instances(
     _convert_regions(CocoInstances(root, split, year, images=images), out, synthesize, seed, mask_format, limit)
 
 
-@convert_app.command("coco-panoptic")
 def convert_coco_panoptic(
     root: Path = typer.Option(..., "--root", help="Folder holding annotations/ (JSON + PNGs) and images/."),
     split: str = typer.Option("val", "--split", help="train or val."),
@@ -80,7 +83,6 @@ def convert_coco_panoptic(
     _convert_regions(CocoPanoptic(root, split, year, images=images), out, synthesize, seed, mask_format, limit)
 
 
-@convert_app.command("camvid")
 def convert_camvid(
     root: Path = typer.Option(..., "--root", help="Folder holding <split>/ and <split>annot/."),
     split: str = typer.Option("train", "--split", help="train, val or test."),
@@ -138,7 +140,6 @@ def _progress(items: Iterable, total: Optional[int], description: str) -> Iterab
     return track(items, total=total, description=description, transient=True)
 
 
-@data_app.command("shapes")
 def shapes(
     n: int = typer.Option(1000, "--n", min=1, help="Number of samples."),
     seed: int = typer.Option(0, "--seed"),
@@ -152,7 +153,6 @@ def shapes(
     typer.echo(f"{manifest}: {n} ShapeRef samples (seed {seed})")
 
 
-@data_app.command("stats")
 def stats(
     manifest: Path = typer.Argument(..., help="A refs.jsonl manifest."),
     buckets: str = typer.Option(

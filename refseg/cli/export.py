@@ -6,15 +6,13 @@ from typing import Optional
 
 import typer
 
-export_app = typer.Typer(help="Export a model to another runtime.", no_args_is_help=True)
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``export`` command group to the `refseg` app."""
+    export_app = typer.Typer(help="Export a model to another runtime.", no_args_is_help=True)
+    export_app.command("onnx")(onnx)
     app.add_typer(export_app, name="export")
 
 
-@export_app.command("onnx")
 def onnx(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o",

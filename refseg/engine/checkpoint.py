@@ -47,6 +47,11 @@ def save_model(
 
     ``half=True`` stores floating-point weights as float16 (they are cast back on load).
     """
+    return atomic_write_bytes(path, model_file_bytes(model, meta, half))
+
+
+def model_file_bytes(model: RefSegModel, meta: dict[str, Any] | None = None, half: bool = False) -> bytes:
+    """The bytes :func:`save_model` writes (to check a file's size before writing it)."""
     tensors = {
         key: value.half() if half and value.is_floating_point() else value
         for key, value in saved_tensors(model).items()
@@ -57,7 +62,7 @@ def save_model(
         "config": json.dumps(model.saved_config()),
         "meta": json.dumps(meta or {}),
     }
-    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+    return safetensors_bytes(tensors, metadata=metadata)
 
 
 def saved_tensors(model: RefSegModel) -> dict[str, torch.Tensor]:

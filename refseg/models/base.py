@@ -163,12 +163,17 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **config: Any) -> RefSegModel:
-    """Build a registered model by name; ``config`` goes to its constructor."""
+def model_class(name: str) -> type[RefSegModel]:
+    """The class registered as ``name`` (unknown name → one-line ConfigError)."""
     _import_models()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**config)
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **config: Any) -> RefSegModel:
+    """Build a registered model by name; ``config`` goes to its constructor."""
+    return model_class(name)(**config)
 
 
 def import_plugins(config: "Config") -> None:
@@ -183,10 +188,7 @@ def build_model(config: "Config", train_texts: list[str]) -> RefSegModel:
     after checking the kwargs against the constructor chain. ``vocab: train`` becomes the vocabulary
     of ``train_texts`` and ``words: train`` (per-word baseline) their ``num_words`` most frequent words."""
     import_plugins(config)
-    _import_models()
-    cls = _REGISTRY.get(config.model.name)
-    if cls is None:
-        return create_model(config.model.name)  # raises the ConfigError listing the models
+    cls = model_class(config.model.name)
     kwargs = dict(config.model.kwargs)
     valid = constructor_keys(cls)
     unknown = sorted(set(kwargs) - valid) if valid is not None else []

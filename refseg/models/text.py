@@ -47,6 +47,13 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(unicodedata.normalize("NFKC", str(text)).casefold())
 
 
+def first_words(text: str, n: int) -> str:
+    """``text`` cut after its ``n``-th word (as :func:`split_words` counts them); unchanged when shorter."""
+    normalized = unicodedata.normalize("NFKC", str(text))
+    ends = [match.end() for match in _WORD.finditer(normalized.casefold())]
+    return str(text) if len(ends) <= n else normalized[: ends[n - 1]]
+
+
 class Vocab:
     """Word ↔ id table with ``<pad>`` = 0 and ``<unk>`` = 1; serialises as a list of words."""
 

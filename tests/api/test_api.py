@@ -13,7 +13,8 @@ from PIL import Image
 from refseg.api import TEXT_CHUNK, Prediction, Segmenter
 from refseg.errors import CheckpointError, ConfigError, ImageError, TextError
 from refseg.engine.checkpoint import save_model
-from tiny_segmenter import NAME, STEPS, RedModel, red_square_photo, save_red_model
+from tests.fixtures.photos import red_square_photo
+from tests.fixtures.red_model import NAME, STEPS, RedModel, save_red_model
 
 
 @pytest.fixture(scope="module")

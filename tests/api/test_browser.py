@@ -15,8 +15,9 @@ from PIL import Image
 
 from refseg.api import Segmenter
 from refseg.serve.app import ServerLimits, create_app, describe_model
-from live_server import live_server
-from tiny_segmenter import red_square_photo, save_red_model
+from tests.fixtures.live_server import live_server
+from tests.fixtures.photos import red_square_photo
+from tests.fixtures.red_model import save_red_model
 
 CHROMIUM = os.environ.get("REFSEG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -26,10 +26,10 @@ from refseg.export.onnx import (
     export_onnx,
     read_metadata,
 )
-from refseg.models.base import _REGISTRY, Batch, ModelOutput, RefSegModel, create_model, list_models, register
+from refseg.models.base import Batch, ModelOutput, RefSegModel, create_model, list_models, model_class, register
 from refseg.runtime.onnx_runner import Layout, OnnxRunner
 from refseg.samples import SAMPLES
-from tiny_segmenter import RedModel
+from tests.fixtures.red_model import RedModel
 
 pytest.importorskip("onnxruntime", reason="extra 'onnx' not installed")
 
@@ -79,7 +79,7 @@ class WordLoopModel(RefSegModel):
         return ModelOutput(self.head(fused), extras={"word_maps": word_maps})
 
 
-if "_test_words" not in _REGISTRY:
+if "_test_words" not in list_models():
     register("_test_words")(WordLoopModel)
 
 
@@ -282,7 +282,7 @@ def test_cli_export_bad_model_is_one_line_exit_2(tmp_path: Path, capsys) -> None
 
 
 PARITY_SIZE = 160
-PARITY_MODELS = [name for name in list_models() if not name.startswith("_") and not _REGISTRY[name].onnx_unsupported]
+PARITY_MODELS = [name for name in list_models() if not name.startswith("_") and not model_class(name).onnx_unsupported]
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from refseg.cli import main
-from tiny_segmenter import red_square_photo, save_red_model
+from tests.fixtures.photos import red_square_photo
+from tests.fixtures.red_model import save_red_model
 
 
 @pytest.fixture(scope="module")

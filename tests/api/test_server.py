@@ -18,8 +18,9 @@ from PIL import Image
 from refseg.api import Segmenter
 from refseg.data.masks import decode_mask
 from refseg.serve.app import ServerLimits, create_app, describe_model
-from live_server import live_server
-from tiny_segmenter import red_square_photo, save_red_model
+from tests.fixtures.live_server import live_server
+from tests.fixtures.photos import red_square_photo
+from tests.fixtures.red_model import save_red_model
 
 H, W = 75, 98  # odd, non-square: the mask must come back at exactly this size
 BOX = (10, 21, 52, 70)

@@ -1,22 +1,16 @@
-"""bench/bundled_model.py: comparing runs on synthesized val + human dev, and shipping one."""
+"""python -m bench.bundled_model: comparing runs on synthesized val + human dev."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from bench import bundled_model  # noqa: E402
-from bench.human_dev.build import load_human_dev  # noqa: E402
-from refseg.api import Segmenter  # noqa: E402
-from refseg.engine.checkpoint import load_model, save_model  # noqa: E402
-from refseg.models import Batch, create_model  # noqa: E402
+from bench import bundled_model
+from bench.human_dev.build import load_human_dev
+from refseg.engine.checkpoint import save_model
+from refseg.models import Batch, create_model
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +21,6 @@ def run_dir(tmp_path_factory) -> Path:
     run.mkdir()
     save_model(run / "best.safetensors", model, {"image_size": 64, "metrics": {"mean_iou": 0.25, "overall_iou": 0.5}})
     return run
-
-
-def test_ship_writes_a_small_half_precision_model_that_loads(run_dir, tmp_path):
-    out = bundled_model.ship(run_dir, items=None, out=tmp_path / "default.safetensors", threshold=0.4)
-    with safe_open(str(out), framework="pt") as f:
-        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
-    assert dtypes == {torch.float16}
-    assert not any(k.startswith("backbone.") for k in safe_open(str(out), framework="pt").keys())
-    model, meta = load_model(out)
-    assert model.name == "lstm_cnn"
-    assert meta["training_command"] == bundled_model.TRAINING_COMMAND
-    assert meta["synthesized_val"]["mean_iou"] == 0.25
-    assert meta["threshold"] == 0.4 and Segmenter.from_pretrained(out).threshold == 0.4
-    with pytest.raises(SystemExit, match="threshold"):
-        bundled_model.ship(run_dir, items=None, out=tmp_path / "other.safetensors", threshold=1.0)
-    assert out.stat().st_size <= bundled_model.MAX_SHIPPED_BYTES
 
 
 def test_compare_reports_val_and_human_dev(run_dir, shared_data):
@@ -71,13 +49,6 @@ def test_threshold_sweep_scores_the_config_val_split_per_threshold(run_dir, tmp_
     assert everything[2] != nothing[2]
     resized = bundled_model.threshold_sweep(run_dir, [0.5], sizes=[32, 96], config=config).splitlines()
     assert [row.split(" | ")[0] for row in resized[2:]] == ["| 32", "| 96"]
-
-
-def test_ship_stores_a_chosen_inference_canvas(run_dir, tmp_path):
-    out = bundled_model.ship(run_dir, items=None, out=tmp_path / "big.safetensors", threshold=0.4, image_size=96)
-    assert load_model(out)[1]["image_size"] == 96 and Segmenter.from_pretrained(out).image_size == 96
-    default = bundled_model.ship(run_dir, items=None, out=tmp_path / "own.safetensors", threshold=0.4)
-    assert load_model(default)[1]["image_size"] == 64
 
 
 def test_position_gap_scores_side_word_expressions_as_written_and_mirrored(tmp_path):

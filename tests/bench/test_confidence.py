@@ -1,17 +1,12 @@
 """bench/confidence.py: AUROC of the confidence on the human dev set."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from bench import confidence  # noqa: E402
-from refseg.api import Prediction  # noqa: E402
+from bench import confidence
+from refseg.api import Prediction
 
 
 def test_auroc_is_the_chance_that_right_outranks_wrong() -> None:

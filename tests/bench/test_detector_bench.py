@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from bench import detector as bench  # noqa: E402
-from refseg.errors import ConfigError  # noqa: E402
+from bench import detector as bench
+from refseg.errors import ConfigError
 
 GT = {
     "images": [{"id": 1, "width": 100, "height": 80, "file_name": "a.jpg"}, {"id": 2, "width": 60, "height": 60, "file_name": "b.jpg"}],

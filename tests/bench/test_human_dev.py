@@ -1,22 +1,16 @@
 """The human-written dev set: its file, the loader / materialiser and the reference scores."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.human_dev import build
 from refseg.data.sample import RefSample, Region, SampleMeta
 from refseg.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("human_dev_build", REPO / "bench" / "human_dev" / "build.py")
-build = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = build  # dataclasses look their module up
-_spec.loader.exec_module(build)
 
 
 def test_expressions_file_is_a_valid_val_only_dev_set():

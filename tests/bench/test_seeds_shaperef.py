@@ -1,20 +1,17 @@
-"""bench/seeds_shaperef.py: the markdown tables it writes into docs/results.md."""
+"""python -m bench.seeds_shaperef: the markdown tables it writes into docs/results.md."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from bench import REPO
+from bench.seeds_shaperef import MODELS, render
 
-from bench.seeds_shaperef import MODELS, render  # noqa: E402
-
-META = {"command": "python bench/seeds_shaperef.py", "size": 64, "n_train": 8, "n_test": 2, "data_seed": 0,
+META = {"command": "python -m bench.seeds_shaperef", "size": 64, "n_train": 8, "n_test": 2, "data_seed": 0,
         "epochs": 1, "batch_size": 2, "lr": 1e-3, "seeds": [0]}
 
 
@@ -52,8 +49,8 @@ def test_rmi_gain_row_compares_with_its_own_baseline_when_present():
 def test_smoke_mode_runs_every_model_and_two_seeds_without_touching_the_docs(tmp_path):
     docs = (REPO / "docs" / "results.md").read_text()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, str(REPO / "bench" / "seeds_shaperef.py"), "--smoke", "--out", str(tmp_path)],
-                   check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "bench.seeds_shaperef", "--smoke", "--out", str(tmp_path)],
+                   check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
     written = json.loads((tmp_path / "smoke" / "results.json").read_text())
     assert written["meta"]["seeds"] == [0, 1] and written["meta"]["size"] == 64
     assert list(written["results"]) == list(MODELS)

@@ -125,12 +125,12 @@ MODELS = ("whole_image", "per_word", "lstm_cnn", "lstm_cnn_plus", "rmi", "step")
 @pytest.mark.parametrize("dataset", ["shaperef", "coco", "refcoco"])
 @pytest.mark.parametrize("model", MODELS)
 def test_shipped_configs_load_and_name_real_model_options(model, dataset):
-    from refseg.models.base import _REGISTRY, constructor_keys, list_models
+    from refseg.models.base import constructor_keys, list_models, model_class
 
     config = load_config(REPO / "configs" / f"{model}_{dataset}.yaml")
     assert config.model.name == model and config.data.train and config.data.val
     if model in list_models():
-        valid = constructor_keys(_REGISTRY[model])
+        valid = constructor_keys(model_class(model))
         assert valid is None or set(config.model.kwargs) <= valid
 
 
@@ -141,11 +141,11 @@ def test_paper_configs_build_a_fine_tuned_model_that_runs(path):
     import torch
 
     from refseg.models import Batch
-    from refseg.models.base import _REGISTRY, build_model, constructor_keys, list_models
+    from refseg.models.base import build_model, constructor_keys, list_models, model_class
 
     config = load_config(path)
     assert config.model.name in list_models() and config.data.root == "???"
-    assert set(config.model.kwargs) <= constructor_keys(_REGISTRY[config.model.name])
+    assert set(config.model.kwargs) <= constructor_keys(model_class(config.model.name))
     model = build_model(config, ["the man on the left", "a red car"]).eval()
     assert not model.backbone_frozen
     with torch.no_grad():

@@ -12,9 +12,9 @@ import pytest
 
 from refseg.engine.checkpoint import load_model
 from refseg.engine.hooks import read_csv
-from tiny_engine_model import tiny_config_text, write_square_manifest
+from tests.fixtures.training import tiny_config_text, write_square_manifest
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -33,7 +33,7 @@ def test_torchrun_two_processes_train_validate_and_checkpoint_once(tmp_path):
     config.write_text(tiny_config_text(manifest, tmp_path / "run", epochs=2))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),  # tests.fixtures.training
         "OMP_NUM_THREADS": "1",
     }
     command = [

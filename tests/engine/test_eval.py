@@ -19,7 +19,8 @@ from refseg.engine.evaluator import evaluate, evaluation_segmenter, precision_cu
 from refseg.engine.metrics import MetricAccumulator
 from refseg.engine.trainer import train
 from refseg.postprocess.masks import postprocess
-from tiny_engine_model import tiny_config_text, write_square_manifest
+from tests.fixtures.cli import run_refseg
+from tests.fixtures.training import tiny_config_text, write_square_manifest
 
 
 @pytest.fixture(scope="module")
@@ -33,27 +34,15 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return manifest, run / "last.safetensors"
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_model_eval_and_prediction_dir_scoring_agree(trained, tmp_path, capsys):
     manifest, checkpoint = trained
     preds = tmp_path / "preds"
-    code, out, err = run_cli(
-        ["eval", "--data", str(manifest), "--split", "val", "--model", str(checkpoint),
-         "--save-pred", str(preds), "--json", str(tmp_path / "model.json")], capsys)
+    code, out, err = run_refseg(capsys, "eval", "--data", manifest, "--split", "val", "--model", checkpoint,
+                                "--save-pred", preds, "--json", tmp_path / "model.json")
     assert code == 0, err
     assert "Segmentation metrics" in out and "expression length" in out
-    code, _, err = run_cli(
-        ["eval", "--data", str(manifest), "--split", "val", "--pred-dir", str(preds),
-         "--json", str(tmp_path / "pngs.json")], capsys)
+    code, _, err = run_refseg(capsys, "eval", "--data", manifest, "--split", "val", "--pred-dir", preds,
+                              "--json", tmp_path / "pngs.json")
     assert code == 0, err
     from_model = json.loads((tmp_path / "model.json").read_text())
     from_pngs = json.loads((tmp_path / "pngs.json").read_text())
@@ -138,6 +127,6 @@ def test_precision_curve_counts_samples_with_a_target_only():
 def test_eval_cli_errors_exit_2_with_one_line(trained, tmp_path, capsys, argv, message):
     manifest, _ = trained
     argv = [a.format(m=manifest, t=tmp_path) for a in argv]
-    code, _, err = run_cli(["eval", *argv], capsys)
+    code, _, err = run_refseg(capsys, "eval", *argv)
     assert code == 2
     assert err.startswith(message) and err.count("\n") == 1

@@ -19,9 +19,9 @@ from refseg.engine.checkpointer import Checkpointer
 from refseg.engine.hooks import read_csv
 from refseg.engine.trainer import _TrainStep, train
 from refseg.errors import CheckpointError, ConfigError
-from refseg.models.base import _REGISTRY, Batch, register
+from refseg.models.base import Batch, list_models, register
 from refseg.models.losses import distractor_logistic
-from tiny_engine_model import NAME, TinyEngineModel, square_samples, tiny_config_text, write_square_manifest
+from tests.fixtures.training import NAME, TinyEngineModel, square_samples, tiny_config_text, write_square_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,7 +119,7 @@ class _StagedTiny(TinyEngineModel):
 
 
 STAGED = "_test_engine_staged"
-if STAGED not in _REGISTRY:
+if STAGED not in list_models():
     register(STAGED)(_StagedTiny)
 
 
@@ -435,7 +435,7 @@ def test_target_categories_reach_the_batch_unless_pasted_over():
 def test_feature_cache_of_a_trainable_backbone_holds_plain_tensors():
     """Evaluation may cache a fine-tuned backbone (its weights are fixed then): no autograd graph is kept."""
     from refseg.engine.feature_cache import FeatureCache
-    from tiny_engine_model import TinyEngineModel
+    from tests.fixtures.training import TinyEngineModel
 
     model = TinyEngineModel(frozen=False)
     dataset = RefDataset(square_samples(3, seed=4), 32, cached=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from shaperef_fixtures import overfit, shaperef_batch
-
 from refseg.data.transforms import Letterbox
 from refseg.errors import ConfigError
 from refseg.models import Batch, create_model
 from refseg.models.text import most_frequent_words
+from tests.fixtures.shaperef import overfit, shaperef_batch
 
 SMALL = dict(output_stride=8, hidden=64)
 

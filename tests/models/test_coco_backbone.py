@@ -4,13 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from shaperef_fixtures import text_batch
-
 from refseg.data.transforms import to_tensor
 from refseg.errors import ConfigError
 from refseg.models import create_model
 from refseg.models.backbone import COCO_MOBILENET, CocoMobileNetV2, build_backbone
 from refseg.models.detector import graph_path, load_detector
+from tests.fixtures.shaperef import text_batch
 
 SEED_MODELS = {
     "lstm_cnn": dict(hidden=16, classifier=16),

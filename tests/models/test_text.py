@@ -128,7 +128,22 @@ def test_default_vocab_is_frequent_glove_words() -> None:
     assert encoder.vocab is not None and encoder.vocab.lookup("man") > T.UNK_ID
 
 
+def test_first_words_cuts_after_the_nth_word_as_split_words_counts() -> None:
+    assert T.first_words("The man's LEFT-hand, café!", 3) == "The man's"
+    assert T.first_words("  two words  ", 5) == "  two words  "
+    assert T.split_words(T.first_words("a b c d e f", 4)) == ["a", "b", "c", "d"]
+
+
+def test_minilm_reads_only_the_first_max_len_words() -> None:
+    pytest.importorskip("transformers", reason="extra 'minilm' not installed")
+    encoder = build_text_encoder("minilm", max_len=3)
+    assert encoder.max_len == 3
+    cut, full = encoder.tokenize(["one two three four five"]), encoder.tokenize(["one two three"])
+    assert torch.equal(cut[0], full[0]) and torch.equal(cut[1], full[1])
+
+
 def test_minilm_encoder_is_frozen_and_excluded() -> None:
+    pytest.importorskip("transformers", reason="extra 'minilm' not installed")
     encoder = build_text_encoder("minilm")
     assert isinstance(encoder, MiniLMTextEncoder)
     tokens, lengths = encoder.tokenize(["a striped zebra grazing", ""])

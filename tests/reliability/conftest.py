@@ -1,16 +1,13 @@
-"""Fixtures of the reliability tests: the red-pixel test model (shared with tests/api) behind the
+"""Fixtures of the reliability tests: the red-pixel test model (tests.fixtures.red_model) behind the
 three user surfaces — the Python API, the ``refseg`` CLI (in process) and the HTTP server."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-for helpers in ("api", "engine"):  # tiny_segmenter.py, tiny_engine_model.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / helpers))
-
-from tiny_segmenter import save_red_model  # noqa: E402
+from tests.fixtures.cli import run_refseg
+from tests.fixtures.red_model import save_red_model
 
 IMAGE_SIZE = 64
 
@@ -42,14 +39,4 @@ def client(segmenter):
 @pytest.fixture()
 def cli(capsys):
     """Run ``refseg ARGS`` in process; returns (exit code, stdout, stderr)."""
-    from refseg.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-            raise SystemExit(0)
-        captured = capsys.readouterr()
-        return exit_info.value.code or 0, captured.out, captured.err
-
-    return run
-
+    return lambda *args: run_refseg(capsys, *args)

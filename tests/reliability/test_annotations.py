@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from bad_inputs import encode, eps_file, png_claiming_size
-from contracts import assert_one_line_error
 from refseg.data.annotations import check_rle
 from refseg.data.coco import segmentation_rle
 from refseg.data.masks import decode_mask, encode_rle
 from refseg.errors import ConfigError, RefsegError
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.photos import encode, eps_file, png_claiming_size
 
 SIZE = 100  # photos are SIZE x SIZE
 SQUARE = [[10, 10, 60, 10, 60, 60, 10, 60]]

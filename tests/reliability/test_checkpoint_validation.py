@@ -19,12 +19,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bad_inputs import encode, left_red
-from contracts import assert_one_line_error
 from refseg.api import Segmenter
 from refseg.engine.checkpoint import load_model, save_model
 from refseg.errors import CheckpointError
-from tiny_segmenter import RedModel
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.photos import encode, left_red
+from tests.fixtures.red_model import RedModel
 
 
 @pytest.fixture(scope="module")

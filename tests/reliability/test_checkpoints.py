@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from bad_inputs import encode, left_red
-from contracts import assert_one_line_error
 from refseg.api import Segmenter
 from refseg.engine.checkpoint import load_model, load_training_state, save_model, save_training_state
 from refseg.errors import CheckpointError, OutputError
 from refseg.io import STALE_TEMP_AGE_S, atomic_write_bytes, remove_stale_temp_files
-from tiny_segmenter import RedModel
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.photos import encode, left_red
+from tests.fixtures.red_model import RedModel
 
 
 class WritesAFile:

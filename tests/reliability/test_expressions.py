@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_inputs import encode, left_red
-from contracts import assert_json_error, assert_one_line_error
 from refseg.api import Segmenter
 from refseg.errors import TextError
 from refseg.models.base import create_model
 from refseg.models.text import UNK
+from tests.fixtures.contracts import assert_json_error, assert_one_line_error
+from tests.fixtures.photos import encode, left_red
 
 LONG = "the red half " * 770  # 10 010 characters
 ODD_TEXTS = {

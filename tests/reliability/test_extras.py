@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from refseg.cli import main
 from refseg.errors import MissingExtraError
 from refseg.extras import EXTRAS, require
+from tests.fixtures.cli import run_refseg
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
@@ -21,12 +21,6 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 def _hide(monkeypatch, *modules: str) -> None:
     for module in modules:
         monkeypatch.setitem(sys.modules, module, None)
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra", sorted(EXTRAS))
@@ -67,7 +61,7 @@ def test_extras_match_pyproject_and_test_installs_them_all() -> None:
 def test_cli_without_an_extra_prints_one_line_and_exits_2(args, module, extra, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
     _hide(monkeypatch, module)
-    code, err = _cli(args, capsys)
+    code, _, err = run_refseg(capsys, *args)
     assert code == 2
     assert err.count("\n") == 1 and f'pip install "refseg[{extra}]"' in err and "Traceback" not in err
 

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from bad_inputs import BROKEN_IMAGES, VALID_IMAGES, encode, left_half, left_red, png_claiming_size, sixteen_bit_png
-from contracts import assert_json_error, assert_one_line_error
 from refseg.data import images
 from refseg.data.images import image_shape, load_image
 from refseg.errors import ImageError, ImageTooLargeError
+from tests.fixtures.contracts import assert_json_error, assert_one_line_error
+from tests.fixtures.photos import BROKEN_IMAGES, VALID_IMAGES, encode, left_half, left_red, png_claiming_size, sixteen_bit_png
 
 TEXT = "the red half"
 

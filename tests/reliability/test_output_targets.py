@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bad_inputs import encode, left_red
-from contracts import assert_one_line_error
 from refseg.errors import OutputError
 from refseg.io import child_path, save_mask_png
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.photos import encode, left_red
 
 PHOTO_BYTES = encode(Image.fromarray(left_red(20, 30)), "PNG")
 

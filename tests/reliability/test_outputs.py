@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_inputs import encode, left_half, left_red
-from contracts import assert_one_line_error
 from refseg.errors import OutputError
 from refseg.io import save_mask_png
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.photos import encode, left_half, left_red
 
 
 @pytest.fixture()

@@ -12,17 +12,17 @@ import select
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
-from bad_inputs import encode, left_red
 from refseg.errors import ConfigError
 from refseg.serve.app import create_app
 from refseg.serve.limits import ServerLimits
+from tests.fixtures.live_server import live_server
+from tests.fixtures.photos import encode, left_red
 
 PHOTO = encode(Image.fromarray(left_red(16, 16)), "PNG")
 BOUNDARY = "refseg-test-boundary"
@@ -52,23 +52,6 @@ class CountingSegmenter:
         self.busy.clear()
         texts = [text] if isinstance(text, str) else text
         return [_Prediction(t, image.shape[:2]) for t in texts]
-
-
-@contextmanager
-def live_server(app):
-    """``app`` under uvicorn on a free local port (logging left to the root logger, for caplog)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 def _body(texts=("the red half",)) -> bytes:
@@ -150,7 +133,8 @@ def test_slow_uploads_get_408_and_free_their_slots(name) -> None:
     app = create_app(segmenter, ServerLimits(queue_size=3, read_timeout_s=1.5))
     body = _body()
     stop = threading.Event()
-    with live_server(app) as port:
+    with live_server(app) as url:
+        port = urlsplit(url).port
         slow = [_connect(port) for _ in range(3)]
         for sock in slow:
             sock.sendall(_head(len(body)))
@@ -173,7 +157,8 @@ def test_requests_whose_client_left_are_not_computed() -> None:
     segmenter = CountingSegmenter(1.0)
     app = create_app(segmenter, ServerLimits(queue_size=16))
     body = _body()
-    with live_server(app) as port:
+    with live_server(app) as url:
+        port = urlsplit(url).port
         first = threading.Thread(target=_request, args=(port,), daemon=True)
         first.start()
         _wait_for(segmenter.busy.is_set)
@@ -199,7 +184,8 @@ def test_requests_whose_client_left_are_not_computed() -> None:
 def test_disconnect_mid_upload_is_one_info_line_not_an_error(caplog, sent) -> None:
     segmenter = CountingSegmenter(0.0)
     body = _body()
-    with caplog.at_level(logging.INFO), live_server(create_app(segmenter)) as port:
+    with caplog.at_level(logging.INFO), live_server(create_app(segmenter)) as url:
+        port = urlsplit(url).port
         sock = _connect(port)
         sock.sendall(_head(len(body)) + body[: int(sent * len(body))])
         _wait_for(lambda: _in_flight(port) == 1)

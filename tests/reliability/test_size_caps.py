@@ -16,12 +16,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from bad_inputs import encode, left_red
-from contracts import assert_one_line_error
 from refseg.api import Segmenter
 from refseg.errors import ConfigError
 from refseg.limits import MAX_CANVAS, MIN_CANVAS, check_canvas_size, upload_bytes
 from refseg.postprocess import crf
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.photos import encode, left_red
 
 BAD_CANVAS = ["0", "-5", "31", "2049", "12000", "100000"]
 
@@ -67,7 +67,7 @@ def test_checkpoint_canvas_out_of_range_is_refused(cli, red_checkpoint, photo, t
 def test_training_refuses_a_canvas_out_of_range(tmp_path) -> None:
     from refseg.config import load_config
     from refseg.engine.trainer import train
-    from test_training_crash import tiny_shaperef_config
+    from tests.fixtures.training import tiny_shaperef_config
 
     config = load_config(tiny_shaperef_config(tmp_path, n=40, epochs=1, checkpoint_every=0),
                          ["data.image_size=12000", f"train.out_dir={tmp_path / 'run'}"])

@@ -20,32 +20,9 @@ from refseg.engine import checkpointer as checkpointer_module
 from refseg.engine.checkpoint import load_training_state
 from refseg.engine.hooks import read_csv
 from refseg.engine.trainer import train
+from tests.fixtures.training import tiny_shaperef_config
 
 CHECKPOINT_EVERY = 3
-
-
-def tiny_shaperef_config(folder: Path, n: int, epochs: int, checkpoint_every: int) -> Path:
-    """LSTM-CNN (paper 1) on a tiny ShapeRef: ~0.1 s per step on one CPU core."""
-    path = folder / "tiny_shaperef.yaml"
-    path.write_text(f"""\
-model: {{name: lstm_cnn, vocab: train, embedding: learned, output_stride: 32, hidden: 16, classifier: 16}}
-data:
-  image_size: 64
-  train: [{{kind: shaperef, n: {n}, seed: 0, split: train, options: {{size: 64}}}}]
-  val: [{{kind: shaperef, n: {n}, seed: 0, split: val, options: {{size: 64}}}}]
-  augment: {{hflip: 0.5}}
-train:
-  optimizer: sgd
-  lr: 0.01
-  epochs: {epochs}
-  batch_size: 4
-  log_every: 1
-  checkpoint_every: {checkpoint_every}
-  eval_every: 0
-  progress: false
-  seed: 1
-""")
-    return path
 
 
 def refseg_train(*args: object) -> subprocess.Popen:
@@ -144,9 +121,8 @@ def test_death_between_the_model_file_and_the_training_state_is_harmless(tmp_pat
 def test_mid_epoch_resume_is_exact_for_a_model_with_dropout(tmp_path: Path, monkeypatch) -> None:
     """Dropout draws from the global torch RNG, which the checkpoint restores; nothing else
     (e.g. creating the epoch's DataLoader) may draw from it, or the resumed steps would differ."""
-    from tiny_engine_model import tiny_config_text, write_square_manifest
-
     from refseg.engine.checkpointer import Checkpointer
+    from tests.fixtures.training import tiny_config_text, write_square_manifest
 
     manifest = write_square_manifest(tmp_path / "squares", 24, seed=1)
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contracts import assert_one_line_error
 from refseg.config import load_config
 from refseg.engine import trainer as trainer_module
 from refseg.engine.checkpoint import load_training_state, save_training_state
 from refseg.engine.trainer import train
 from refseg.errors import TrainingError
-from test_training_crash import tiny_shaperef_config
+from tests.fixtures.contracts import assert_one_line_error
+from tests.fixtures.training import tiny_shaperef_config
 
 
 def _config(folder: Path, epochs: int = 1, checkpoint_every: int = 0) -> Path:

@@ -1,0 +1,1 @@
+"""The human-written dev set (``python -m bench.human_dev.build``)."""
