@@ -69,13 +69,13 @@ def load_segmenter(model: str | None, config: str | None, image_size: int | None
     from refseg.api import Segmenter
 
     if config is None:
-        return Segmenter.from_pretrained(model, image_size=image_size)
+        return Segmenter.from_pretrained(model, canvas=image_size)
     from refseg.config import load_config
     from refseg.models.base import build_model
 
     cfg = load_config(config)
     model = build_model(cfg, list(TEN_EXPRESSIONS))  # `vocab: train` becomes these expressions' words
-    return Segmenter(model, image_size=image_size or cfg.data.image_size)
+    return Segmenter(model, canvas=image_size or cfg.data.image_size)
 
 
 def measure(seg: "Segmenter", source: str, runs: int, warmup: int) -> dict[str, object]:
@@ -89,14 +89,14 @@ def measure(seg: "Segmenter", source: str, runs: int, warmup: int) -> dict[str, 
     texts = list(TEN_EXPRESSIONS)
 
     def preprocess() -> torch.Tensor:
-        box = Letterbox(rgb.shape[0], rgb.shape[1], seg.image_size)
+        box = Letterbox(rgb.shape[0], rgb.shape[1], seg.canvas)
         return to_tensor(box.image(rgb)).unsqueeze(0)
 
     canvas = preprocess()
     features = seg.runner.encode_image(canvas)
     tokens, lengths = seg.model.tokenize([EXPRESSION])
     out = seg.runner.run(features, tokens, lengths, [EXPRESSION])
-    box = Letterbox(rgb.shape[0], rgb.shape[1], seg.image_size)
+    box = Letterbox(rgb.shape[0], rgb.shape[1], seg.canvas)
 
     def postprocess() -> np.ndarray:
         return probability_to_mask(logits_to_probability(out.logits[0], box))
@@ -119,7 +119,7 @@ def measure(seg: "Segmenter", source: str, runs: int, warmup: int) -> dict[str, 
         "load": load,
         "model": seg.model.name,
         "checkpoint": source,
-        "image_size": seg.image_size,
+        "image_size": seg.canvas,
         "photo": f"{sample.name} {rgb.shape[1]}x{rgb.shape[0]}",
         "params": sum(p.numel() for p in seg.model.parameters()),
     }

@@ -35,14 +35,14 @@ def measure(checkpoint: Path, runs: int, warmup: int) -> dict[str, object]:
 
     torch_seg = Segmenter.from_pretrained(checkpoint)
     start = time.perf_counter()
-    result = export_checkpoint(torch_seg.model, checkpoint, default_onnx_path(checkpoint), torch_seg.image_size)
+    result = export_checkpoint(torch_seg.model, checkpoint, default_onnx_path(checkpoint), torch_seg.canvas)
     export_s = time.perf_counter() - start
     onnx_seg = Segmenter.from_pretrained(checkpoint, runtime="onnx")
 
     worst, differ, pixels = 0.0, 0, 0
     for sample in SAMPLES:
         rgb, texts = sample.load(), list(sample.expressions)
-        image = to_tensor(Letterbox(*rgb.shape[:2], torch_seg.image_size).image(rgb)).unsqueeze(0)
+        image = to_tensor(Letterbox(*rgb.shape[:2], torch_seg.canvas).image(rgb)).unsqueeze(0)
         tokens, lengths = torch_seg.model.tokenize(texts)
         want = torch_seg.runner.run(torch_seg.runner.encode_image(image), tokens, lengths, texts).logits
         got = onnx_seg.runner.run(onnx_seg.runner.encode_image(image), tokens, lengths, texts).logits
@@ -64,7 +64,7 @@ def measure(checkpoint: Path, runs: int, warmup: int) -> dict[str, object]:
     )
     return {
         "model": torch_seg.model.name,
-        "image_size": torch_seg.image_size,
+        "image_size": torch_seg.canvas,
         "layout": result.layout,
         "max_tokens": result.max_tokens,
         "export_s": export_s,
