@@ -50,7 +50,7 @@ def test_release_writes_a_small_half_precision_model_that_loads(run_dir, tmp_pat
 
 def test_release_stores_a_chosen_inference_canvas(run_dir, tmp_path):
     done = release(run_dir, tmp_path / "big.safetensors", threshold=0.4, image_size=96)
-    assert load_model(done.path)[1]["image_size"] == 96 and Segmenter.from_pretrained(done.path).image_size == 96
+    assert load_model(done.path)[1]["image_size"] == 96 and Segmenter.from_pretrained(done.path).canvas == 96
 
 
 def test_threshold_is_chosen_on_the_runs_synthesized_val(run_dir, tmp_path):
