@@ -107,19 +107,23 @@ class InstanceRef(RefSegModel):
 
     def taps(self, images: Tensor) -> list[Tensor]:
         """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases."""
-        return self.detector.features(_canvas_rgb(images) * (2.0 / 255.0) - 1.0)
+        return self._taps_of_pixels(_canvas_rgb(images))
+
+    def _taps_of_pixels(self, rgb: Tensor) -> list[Tensor]:
+        return self.detector.features(rgb * (2.0 / 255.0) - 1.0)
 
     def label_names(self) -> tuple[str, ...]:
         return label_names()
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         """Canvases [B, 3, S, S] → the candidates of each photo, packed (see :class:`Candidates`)."""
-        taps = self.taps(images)
-        return self.candidates(images, taps).to_list()
+        return self.candidates(images).to_list()
 
-    def candidates(self, images: Tensor, taps: list[Tensor]) -> Candidates:
+    def candidates(self, images: Tensor, taps: list[Tensor] | None = None) -> Candidates:
+        """The candidates of canvases [B, 3, S, S]; ``taps`` when they are already computed (training)."""
         size = images.shape[-1]
         rgb = _canvas_rgb(images)
+        taps = self._taps_of_pixels(rgb) if taps is None else taps
         extent = _extent(rgb)
         pixels = rgb.permute(0, 2, 3, 1).to(torch.uint8).numpy()
         things = [self.detector.detect(pixels[b], size, self.config["min_score"],
@@ -179,7 +183,7 @@ class InstanceRef(RefSegModel):
         if batch.features is not None:
             candidates = Candidates.from_list(batch.features)
         else:
-            candidates = self.candidates(batch.images, self.taps(batch.images))
+            candidates = self.candidates(batch.images)
         parsed = self.parser(batch.tokens, batch.lengths)
         scores = self.score(candidates, parsed)
         chosen = self.select(candidates, parsed, scores)

@@ -27,6 +27,7 @@ from refseg.export.onnx import (
     read_metadata,
 )
 from refseg.models.base import Batch, ModelOutput, RefSegModel, create_model, list_models, model_class, register
+from refseg.models.text import encode
 from refseg.runtime.onnx_runner import Layout, OnnxRunner
 from refseg.samples import SAMPLES
 from tests.fixtures.red_model import RedModel
@@ -53,12 +54,7 @@ class WordLoopModel(RefSegModel):
         self.head = nn.Conv2d(8, 1, 1)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        rows = [[2 + VOCAB.index(w) if w in VOCAB else 1 for w in t.lower().split()][: self.max_len] or [1] for t in texts]
-        lengths = torch.tensor([len(r) for r in rows])
-        tokens = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-        for i, row in enumerate(rows):
-            tokens[i, : len(row)] = torch.tensor(row)
-        return tokens, lengths
+        return encode(texts, lambda w: 2 + VOCAB.index(w) if w in VOCAB else 1, self.max_len)
 
     def encode_image(self, images: Tensor) -> list[Tensor]:
         return [self.conv(images)]
