@@ -102,7 +102,8 @@ def _relations(c: Candidates, e: ParsedExpression, cx: Tensor, cy: Tensor, w: Te
     which side the object is on ("on the table", "next to the bus", "under the tree")."""
     obj = (c.labels * e.object[:, None, :]).sum(-1) * c.valid  # [B, K]
     has_object = (e.object.sum(-1) > 0).float()[:, None].expand_as(obj)
-    eye = torch.eye(obj.shape[1], device=obj.device, dtype=torch.bool)
+    index = torch.arange(obj.shape[1], device=obj.device)
+    eye = index[:, None] == index[None, :]  # (not torch.eye: onnxruntime has no boolean EyeLike)
     weight = obj[:, None, :].masked_fill(eye, 0.0)  # [B, K(candidate), K(object)]
     dx = cx[:, None, :] - cx[:, :, None]  # object minus candidate
     dy = cy[:, None, :] - cy[:, :, None]

@@ -174,8 +174,10 @@ class InstanceRef(RefSegModel):
         # rank among the candidates of the named category (0 = its best)
         rank = ((scores[:, None, :] > scores[:, :, None]) & same_category[:, None, :]).sum(-1)
         count = parsed.count[:, None]
+        every, one = count == 0, count == 1  # boolean algebra, not torch.where: onnxruntime has no boolean Where
         several = same_category & (scores >= best - self.config["set_margin"])
-        chosen = torch.where(count == 0, several, torch.where(count == 1, scores >= best, same_category & (rank < count)))
+        counted = same_category & (rank < count)
+        chosen = (every & several) | (one & (scores >= best)) | (~every & ~one & counted)
         none = parsed.named & ~_names_stuff(parsed) & (match.max(-1).values < self.config["none_below"])
         return (chosen & ~none[:, None] & (candidates.valid > 0)).float()
 
