@@ -19,6 +19,9 @@ sizes and sentence lengths; the first layout that matches is kept:
 
 The chosen layout, the model name and config, the checkpoint metadata, the tokenizer cap and
 the image size are stored in the ONNX ``metadata_props``.
+
+The bundled ``instance_ref`` exports instead as a folder of four graphs, one per network, run with
+the model's own Python glue (:mod:`refseg.export.instance_onnx`).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from refseg.errors import CheckpointError, ConfigError
 from refseg.extras import require
 from refseg.io import atomic_write_bytes, file_sha256
 from refseg.models.base import ModelOutput, RefSegModel
-from refseg.runtime.base import broadcast_batch
+from refseg.runtime.base import Runner, broadcast_batch
 from refseg.runtime.onnx_runner import Layout, OnnxRunner, onnx_session, pad_tokens
 
 DEFAULT_OPSET = 17
@@ -51,7 +55,7 @@ PROBABILITY_TOLERANCE = 2.5e-4
 #: the value (the bundled model's logit extras reach 12 and differ by 4e-3).
 TOLERANCE = 1e-3
 INPUTS = ("image", "tokens", "lengths")
-_PROBE_TEXTS = ("the man on the left", "red", "a small white dog next to the large brown chair on the right")
+PROBE_TEXTS = ("the man on the left", "red", "a small white dog next to the large brown chair on the right")
 
 
 LAYOUTS = (Layout(True, True), Layout(True, False), Layout(False, False))
@@ -67,6 +71,7 @@ class ExportResult:
     outputs: tuple[str, ...]
     max_probability_diff: float  # largest |difference| of sigmoid(logits)
     max_extras_diff: float  # largest |difference| / (1 + |value|) of the other outputs (0 without any)
+    graphs: tuple[str, ...] = ()  # the graph files of a folder export (empty: ``path`` is one graph)
 
 
 class _Graph(nn.Module):
@@ -96,18 +101,21 @@ def export_onnx(
     require("onnx", "ONNX export")
     import onnx
 
+    from refseg.models.instance_ref import InstanceRef
+
     if model.onnx_unsupported:
         raise ConfigError(f"model {model.name!r} cannot be exported to ONNX: {model.onnx_unsupported}")
+    if isinstance(model, InstanceRef):
+        from refseg.export.instance_onnx import export_networks
+
+        return export_networks(model, output, image_size, opset, metadata)
     output = Path(output)
     model = model.eval()
     max_tokens = token_cap(model)
     image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    references = _torch_references(model, image)
-    last = references[-1]
-    extras = tuple(sorted(
-        k for k, v in last[3].extras.items() if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(last[0])
-    ))
-    tokens, lengths = model.tokenize(list(_PROBE_TEXTS[:2]))
+    references = torch_references(model, image)
+    extras = per_expression_extras(references)
+    tokens, lengths = model.tokenize(list(PROBE_TEXTS[:2]))
     probe = (image, pad_tokens(tokens, max_tokens), lengths)  # the traced shapes: two texts, T = cap
     failures: list[str] = []
     traces: dict[bool, bytes | str] = {}  # one trace per batch mode; T is decided at verification
@@ -118,34 +126,43 @@ def export_onnx(
         if isinstance(graph, str):
             failures.append(f"{_describe(layout)}: {graph}")
             continue
-        try:
-            prob_diff, extras_diff = _verify(graph, references, image, extras, layout, max_tokens)
-        except Exception as exc:  # onnxruntime rejects a shape the trace froze
-            failures.append(f"{_describe(layout)}: onnxruntime failed: {str(exc).strip()[:200]}")
+        diffs = verify(lambda: OnnxRunner(onnx_session(graph, "cpu"), layout, max_tokens, ("logits", *extras)),
+                       references, image, extras)
+        if isinstance(diffs, str):
+            failures.append(f"{_describe(layout)}: {diffs}")
             continue
-        if prob_diff > PROBABILITY_TOLERANCE or extras_diff > TOLERANCE:
-            failures.append(
-                f"{_describe(layout)}: max |probability difference| {prob_diff:.2e} (at most {PROBABILITY_TOLERANCE}),"
-                f" max |difference| / (1 + |value|) of the other outputs {extras_diff:.2e} (at most {TOLERANCE})"
-            )
-            continue
+        prob_diff, extras_diff = diffs
         proto = onnx.load_from_string(graph)
         for graph_input in proto.graph.input:  # inputs the model ignores were pruned by the exporter
             if graph_input.name == "tokens" and not layout.dynamic_words:
                 graph_input.type.tensor_type.shape.dim[1].dim_value = max_tokens
-        onnx.helper.set_model_props(proto, {
-            "refseg_model": model.name,
-            "refseg_config": json.dumps(model.config),
-            "image_size": str(image_size),
-            "tokenizer": json.dumps({"source": "model.tokenize", "max_tokens": max_tokens, "pad_id": 0}),
-            "dynamic_batch": json.dumps(layout.dynamic_batch),
-            "dynamic_words": json.dumps(layout.dynamic_words),
-            "outputs": json.dumps(["logits", *extras]),
-            **(metadata or {}),
-        })
-        atomic_write_bytes(output, proto.SerializeToString())
+        props = model_metadata(model, image_size, layout, max_tokens, ("logits", *extras))
+        write_graph(proto, output, {**props, **(metadata or {})})
         return ExportResult(output, layout, max_tokens, ("logits", *extras), prob_diff, extras_diff)
     raise ConfigError(f"model {model.name!r} cannot be exported to ONNX ({'; '.join(failures)})")
+
+
+def model_metadata(
+    model: RefSegModel, image_size: int, layout: Layout, max_tokens: int, outputs: tuple[str, ...]
+) -> dict[str, str]:
+    """The ``metadata_props`` every refseg graph carries (see docs/export.md)."""
+    return {
+        "refseg_model": model.name,
+        "refseg_config": json.dumps(model.config),
+        "image_size": str(image_size),
+        "tokenizer": json.dumps({"source": "model.tokenize", "max_tokens": max_tokens, "pad_id": 0}),
+        "dynamic_batch": json.dumps(layout.dynamic_batch),
+        "dynamic_words": json.dumps(layout.dynamic_words),
+        "outputs": json.dumps(list(outputs)),
+    }
+
+
+def write_graph(proto, output: Path, props: dict[str, str]) -> None:
+    """Write the ONNX ``proto`` with ``props`` as its metadata, atomically."""
+    import onnx
+
+    onnx.helper.set_model_props(proto, props)
+    atomic_write_bytes(output, proto.SerializeToString())
 
 
 def token_cap(model: RefSegModel) -> int:
@@ -160,10 +177,10 @@ def token_cap(model: RefSegModel) -> int:
     return int(lengths.max())
 
 
-def _torch_references(model: RefSegModel, image: Tensor) -> list[tuple[list[str], Tensor, Tensor, ModelOutput]]:
+def torch_references(model: RefSegModel, image: Tensor) -> list[tuple[list[str], Tensor, Tensor, ModelOutput]]:
     """PyTorch outputs for one and for three expressions (shapes other than the traced ones)."""
     references = []
-    for texts in ([_PROBE_TEXTS[1]], list(_PROBE_TEXTS)):
+    for texts in ([PROBE_TEXTS[1]], list(PROBE_TEXTS)):
         tokens, lengths = model.tokenize(texts)
         with torch.inference_mode():
             references.append((texts, tokens, lengths, model(broadcast_batch(model.encode_image(image), tokens, lengths))))
@@ -185,19 +202,31 @@ def _trace_to_onnx(
         axes.update({name: {0: "texts"} for name in ("logits", *extras)})
     else:
         tokens, lengths = tokens[:1], lengths[:1]
+    return trace_graph(_Graph(model, extras), (image, tokens, lengths), INPUTS, ("logits", *extras), axes, opset)
+
+
+def trace_graph(
+    module: nn.Module,
+    inputs: tuple[Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> bytes | str:
+    """``module`` traced on ``inputs`` as a serialised ONNX graph, or the exporter's error (one line)."""
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings: the verification below is the real check
+            warnings.simplefilter("ignore")  # tracer warnings: the verification is the real check
             torch.onnx.export(
-                _Graph(model, extras),
-                (image, tokens, lengths),
+                module,
+                inputs,
                 buffer,
                 dynamo=False,
                 opset_version=opset,
-                input_names=list(INPUTS),
-                output_names=["logits", *extras],
-                dynamic_axes=axes,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
                 do_constant_folding=True,
             )
     except Exception as exc:  # the exporter raises many types; the message is what matters
@@ -206,17 +235,39 @@ def _trace_to_onnx(
     return buffer.getvalue()
 
 
-def _verify(
-    graph: bytes,
+def per_expression_extras(references: list[tuple[list[str], Tensor, Tensor, ModelOutput]]) -> tuple[str, ...]:
+    """The extras of the references with one row per expression (what a graph outputs besides the logits)."""
+    texts, *_, out = references[-1]
+    return tuple(sorted(k for k, v in out.extras.items() if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(texts)))
+
+
+def verify(
+    make_runner: Callable[[], Runner],
     references: list[tuple[list[str], Tensor, Tensor, ModelOutput]],
     image: Tensor,
     extras: tuple[str, ...],
-    layout: Layout,
-    max_tokens: int,
+) -> tuple[float, float] | str:
+    """The largest differences of the runner that ``make_runner`` builds from the PyTorch references
+    (see :func:`largest_differences`), or why it fails: onnxruntime's error, or over the tolerances."""
+    try:
+        prob_diff, extras_diff = largest_differences(make_runner(), references, image, extras)
+    except Exception as exc:  # onnxruntime rejects a shape the trace froze, or an operator
+        return f"onnxruntime failed: {str(exc).strip()[:200]}"
+    if prob_diff > PROBABILITY_TOLERANCE or extras_diff > TOLERANCE:
+        return (f"max |probability difference| {prob_diff:.2e} (at most {PROBABILITY_TOLERANCE}),"
+                f" max |difference| / (1 + |value|) of the other outputs {extras_diff:.2e} (at most {TOLERANCE})")
+    return prob_diff, extras_diff
+
+
+def largest_differences(
+    runner: Runner,
+    references: list[tuple[list[str], Tensor, Tensor, ModelOutput]],
+    image: Tensor,
+    extras: tuple[str, ...],
 ) -> tuple[float, float]:
-    """Largest |difference| between onnxruntime and the PyTorch references: of the probabilities
-    (sigmoid of the logits), and of the other outputs scaled by 1 + |value| (see ``TOLERANCE``)."""
-    runner = OnnxRunner(onnx_session(graph, "cpu"), layout, max_tokens, ("logits", *extras))
+    """Largest |difference| between ``runner`` (onnxruntime) and the PyTorch references: of the
+    probabilities (sigmoid of the logits), and of the other outputs scaled by 1 + |value| (see
+    ``TOLERANCE``; equal values, infinities included, differ by 0)."""
     worst_probability = worst_extras = 0.0
     for texts, tokens, lengths, expected in references:
         got = runner.run(runner.encode_image(image), tokens, lengths, texts)
@@ -229,7 +280,8 @@ def _verify(
             have = got.extras[name][tuple(slice(0, s) for s in want.shape)].float()  # padded T: the real words
             if have.shape != want.shape:
                 return float("inf"), float("inf")
-            worst_extras = max(worst_extras, float(((have - want).abs() / (1 + want.abs())).max()))
+            gap = torch.where(have == want, 0.0, (have - want).abs() / (1 + want.abs()))
+            worst_extras = max(worst_extras, float(gap.max()))
     return worst_probability, worst_extras
 
 
@@ -253,8 +305,22 @@ def export_checkpoint(
 
 
 def default_onnx_path(checkpoint: str | Path) -> Path:
-    """Where ``refseg export onnx`` writes by default and the onnx runtime looks first."""
+    """Where ``refseg export onnx`` writes by default and the onnx runtime looks first (a folder
+    of graphs for ``instance_ref``)."""
     return Path(checkpoint).with_suffix(".onnx")
+
+
+def graph_files(path: str | Path) -> list[Path]:
+    """The graph files of an export: the file itself, or each graph of a folder export."""
+    from refseg.export.instance_onnx import GRAPHS
+
+    path = Path(path)
+    return [path / f"{name}.onnx" for name in GRAPHS] if path.is_dir() else [path]
+
+
+def export_size(path: str | Path) -> int:
+    """Bytes of an export (every graph of a folder)."""
+    return sum(f.stat().st_size for f in graph_files(path))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -276,11 +276,19 @@ class SSDMobileNetV2(nn.Module):
         if feats is None:
             feats = self.features(self.preprocess(rgb, size))
         encodings, logits = self.head(feats)
-        anchors = grid_anchors(self.grid_sizes(feats[2].shape[-2:]), self.anchor_scale(size))
-        boxes = decode(encodings[0], anchors, self.box_scales).numpy()
-        scores = torch.sigmoid(logits[0]).numpy()
+        return self.detections(encodings[0], logits[0], size, rgb.shape[:2], score_threshold)
+
+    def detections(
+        self, encodings: Tensor, logits: Tensor, size: int, photo: tuple[int, int], score_threshold: float = 0.2
+    ) -> Detections:
+        """Raw :meth:`head` outputs of one ``size`` input ([A, 4], [A, 91]) → detections in the pixels of a
+        ``photo`` (height, width): box decoding, sigmoid scores, per-class NMS (NumPy, outside any graph)."""
+        side = -(-size // 16)  # the stride-16 map (TF "SAME" rounds each halving up)
+        anchors = grid_anchors(self.grid_sizes((side, side)), self.anchor_scale(size))
+        boxes = decode(encodings, anchors, self.box_scales).numpy()
+        scores = torch.sigmoid(logits).numpy()
         anchor, labels, kept = multiclass_nms(boxes, scores, score_threshold, self.iou_threshold, MAX_DETECTIONS, MAX_DETECTIONS)
-        h, w = rgb.shape[:2]
+        h, w = photo
         return Detections(
             boxes=(kept[:, [1, 0, 3, 2]] * np.array([w, h, w, h], dtype=np.float32)).astype(np.float32),
             labels=labels,

@@ -10,8 +10,15 @@ idea of MAttNet's modular scoring (Yu et al., CVPR 2018, §3), made small. The b
 "both", "two", "all" and plural subjects choose several, and an expression whose category no candidate
 has chooses none. The output is the chosen masks' probability on the canvas, so post-processing,
 evaluation, the API and the server treat it like any other model's logits.
+
+Four networks do the tensor work — the detector, the stuff head, the mask head (:class:`ImageNetworks`) and
+the scorer (``forward`` on a photo's candidates) — and :meth:`InstanceRef.candidates` is the glue between
+them (detection post-processing, duplicates, stuff regions, colour naming), so the ONNX runtime runs the
+same glue with the networks swapped for their graphs (:mod:`refseg.export.instance_onnx`).
 """
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,13 +45,28 @@ DUPLICATE_IOU = 0.7
 MASK_STRIDES = (4, 8, 16)
 STUFF_STRIDES = (8, 16, 32)
 _TAP_STRIDES = (4, 8, 16, 32)
+#: The extras the scorer computes per expression; the others describe the photo's candidates (:func:`candidate_extras`).
+SCORER_EXTRAS = ("candidate_scores", "candidate_chosen", "confidence")
+
+
+class ImageNetworks(Protocol):
+    """The image side's networks as :meth:`InstanceRef.candidates` calls them: the model's own modules
+    (the model itself), or their ONNX graphs (:mod:`refseg.runtime.onnx_networks`)."""
+
+    def detector_outputs(self, rgb: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Canvas pixels [B, 3, S, S] (0..255) → detector taps (strides 4, 8, 16, 32), SSD box encodings
+        [B, A, 4] and class logits [B, A, 91]."""
+
+    def stuff_probabilities(self, taps: list[Tensor]) -> Tensor:
+        """Taps at :data:`STUFF_STRIDES` → stuff class probabilities [B, n_stuff + 1, S/8, S/8]."""
+
+    def instance_masks(self, taps: list[Tensor], boxes: Tensor, size: int, grid: int) -> Tensor:
+        """Taps at :data:`MASK_STRIDES` of one photo + boxes [K, 4] → masks [K, grid, grid] on the canvas."""
 
 
 @register("instance_ref")
 class InstanceRef(RefSegModel):
     """Detector candidates + instance masks + stuff regions, scored by expression-weighted cues."""
-
-    onnx_unsupported = "its image side runs non-tensor code (the detector's NMS, colour naming)"
 
     def __init__(
         self,
@@ -107,7 +129,7 @@ class InstanceRef(RefSegModel):
 
     def taps(self, images: Tensor) -> list[Tensor]:
         """The detector's MobileNetV2 taps (strides 4, 8, 16, 32) of ImageNet-normalised canvases."""
-        return self._taps_of_pixels(_canvas_rgb(images))
+        return self._taps_of_pixels(canvas_rgb(images))
 
     def _taps_of_pixels(self, rgb: Tensor) -> list[Tensor]:
         return self.detector.features(rgb * (2.0 / 255.0) - 1.0)
@@ -119,24 +141,30 @@ class InstanceRef(RefSegModel):
         """Canvases [B, 3, S, S] → the candidates of each photo, packed (see :class:`Candidates`)."""
         return self.candidates(images).to_list()
 
-    def candidates(self, images: Tensor, taps: list[Tensor] | None = None) -> Candidates:
-        """The candidates of canvases [B, 3, S, S]; ``taps`` when they are already computed (training)."""
+    def candidates(
+        self, images: Tensor, taps: list[Tensor] | None = None, networks: ImageNetworks | None = None
+    ) -> Candidates:
+        """The candidates of canvases [B, 3, S, S]; ``taps`` when they are already computed (training).
+        The networks are the model's own unless ``networks`` (the ONNX runtime's) is given; the rest
+        (detection post-processing, duplicates, stuff regions, colours) is this glue."""
+        networks = self if networks is None else networks
         size = images.shape[-1]
-        rgb = _canvas_rgb(images)
-        taps = self._taps_of_pixels(rgb) if taps is None else taps
+        rgb = canvas_rgb(images)
+        if taps is None:
+            taps, box_encodings, class_logits = networks.detector_outputs(rgb)
+        else:
+            box_encodings, class_logits = self.detector.head(taps)
         extent = _extent(rgb)
-        pixels = rgb.permute(0, 2, 3, 1).to(torch.uint8).numpy()
-        things = [self.detector.detect(pixels[b], size, self.config["min_score"],
-                                       feats=[t[b : b + 1] for t in taps])
-                  for b in range(len(pixels))]
-        stuff_probs = self.stuff_head([taps[_TAP_STRIDES.index(s)] for s in STUFF_STRIDES]).softmax(1)
+        things = [self.detector.detections(box_encodings[b], class_logits[b], size, (size, size), self.config["min_score"])
+                  for b in range(len(rgb))]
+        stuff_probs = networks.stuff_probabilities(at_strides(taps, STUFF_STRIDES))
         grid = size // 2
         per_image = []
         for b, det in enumerate(things):
             # one candidate per object: a box that another class's better box covers is the same object
             keep = nms(det.boxes, det.scores, DUPLICATE_IOU, self.config["max_things"])
             boxes = torch.as_tensor(det.boxes[keep], dtype=images.dtype)
-            thing_masks = self.instance_masks([taps[_TAP_STRIDES.index(s)][b : b + 1] for s in MASK_STRIDES], boxes, size, grid)
+            thing_masks = networks.instance_masks([t[b : b + 1] for t in at_strides(taps, MASK_STRIDES)], boxes, size, grid)
             # the detector also sees the letterbox padding: keep boxes and masks on the photo
             thing_masks = thing_masks * _inside(extent[b], size, grid)
             boxes = torch.minimum(boxes.clamp(min=0), extent[b].repeat(2))
@@ -148,11 +176,21 @@ class InstanceRef(RefSegModel):
         on_photo = torch.stack([_inside(e, size, stuff_probs.shape[-1]) for e in extent])[:, None]
         return _pack(per_image, rgb, extent, k, grid, stuff_probs[:, : len(STUFF_LABELS)] * on_photo)
 
+    # ------------------------------------------------------------------- the image side's networks
+    def detector_outputs(self, rgb: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
+        """See :class:`ImageNetworks`."""
+        taps = self._taps_of_pixels(rgb)
+        return (taps, *self.detector.head(taps))
+
+    def stuff_probabilities(self, taps: list[Tensor]) -> Tensor:
+        """See :class:`ImageNetworks`."""
+        return self.stuff_head(taps).softmax(1)
+
     def instance_masks(self, taps: list[Tensor], boxes: Tensor, size: int, grid: int) -> Tensor:
         """Mask-head probabilities of ``boxes`` (canvas pixels), pasted on a ``grid`` × ``grid`` canvas map."""
         if boxes.shape[0] == 0:
             return boxes.new_zeros(0, grid, grid)
-        logits = self.mask_head(taps, boxes, torch.zeros(len(boxes), dtype=torch.long))
+        logits = self.mask_head(taps, boxes, torch.zeros_like(boxes[:, 0], dtype=torch.long))
         return paste_masks(logits.sigmoid()[:, 0], boxes, size, grid)
 
     # ------------------------------------------------------------------------------------- scoring
@@ -195,11 +233,10 @@ class InstanceRef(RefSegModel):
         prob = torch.where(names_stuff[:, None, None, None], stuff, prob)
         # confidence: the chosen candidates' share of the softmax (stuff: the named class's peak probability)
         share = (scores.softmax(-1).nan_to_num() * chosen).sum(-1)
+        confidence = torch.where(names_stuff, stuff_peak, share)
         return ModelOutput(
             logits=probability_to_logit(prob),
-            extras={"candidate_scores": scores, "candidate_chosen": chosen, "candidate_boxes": candidates.boxes,
-                    "candidate_labels": candidates.labels.argmax(-1), "candidate_valid": candidates.valid,
-                    "candidate_masks": candidates.masks, "confidence": torch.where(names_stuff, stuff_peak, share)},
+            extras={**dict(zip(SCORER_EXTRAS, (scores, chosen, confidence))), **candidate_extras(candidates)},
         )
 
     def scorer_loss(self, candidates: Candidates, parsed: ParsedExpression, target: Tensor) -> Tensor:
@@ -208,6 +245,17 @@ class InstanceRef(RefSegModel):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def candidate_extras(candidates: Candidates) -> dict[str, Tensor]:
+    """The extras that describe the candidates themselves (the same for every expression on a photo)."""
+    return {"candidate_boxes": candidates.boxes, "candidate_labels": candidates.labels.argmax(-1),
+            "candidate_valid": candidates.valid, "candidate_masks": candidates.masks}
+
+
+def at_strides(taps: list[Tensor], strides: tuple[int, ...]) -> list[Tensor]:
+    """The taps at ``strides`` (of the four at 4, 8, 16, 32)."""
+    return [taps[_TAP_STRIDES.index(s)] for s in strides]
+
+
 def _names_stuff(parsed: ParsedExpression) -> Tensor:
     """[B] bool: the subject is a stuff class ("sky", "the grass on the left")."""
     return parsed.subject[:, NUM_THINGS:].sum(-1) >= 0.5
@@ -232,7 +280,7 @@ def paste_masks(probs: Tensor, boxes: Tensor, size: int, grid: int) -> Tensor:
     return F.grid_sample(probs[:, None], field, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 
 
-def _canvas_rgb(images: Tensor) -> Tensor:
+def canvas_rgb(images: Tensor) -> Tensor:
     """ImageNet-normalised canvases → their 0..255 pixel values (the letterbox made them from uint8)."""
     mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)

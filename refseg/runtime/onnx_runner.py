@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from refseg.models.base import ModelOutput, RefSegModel
-from refseg.runtime.base import register_runner
+from refseg.runtime.base import Runner, register_runner
 
 if TYPE_CHECKING:
     from refseg.runtime.card import ModelCard
@@ -69,10 +69,10 @@ class OnnxRunner:
 
 
 @register_runner("onnx", extra="onnx")
-def create_onnx_runner(model: RefSegModel, card: "ModelCard", device: str | torch.device = "cpu") -> OnnxRunner:
-    """The runner for ``runtime="onnx"``: the graph exported from this very checkpoint at this
-    canvas, :func:`~refseg.export.onnx.default_onnx_path` when it is one, else exported once
-    into the cache folder (``$REFSEG_CACHE`` or ``~/.cache/refseg``) and reused.
+def create_onnx_runner(model: RefSegModel, card: "ModelCard", device: str | torch.device = "cpu") -> Runner:
+    """The runner for ``runtime="onnx"``: the graph (``instance_ref``: the folder of graphs) exported
+    from this very checkpoint at this canvas, :func:`~refseg.export.onnx.default_onnx_path` when it
+    is one, else exported once into the cache folder (``$REFSEG_CACHE`` or ``~/.cache/refseg``) and reused.
     """
     from refseg.errors import ConfigError
     from refseg.export.onnx import default_onnx_path, export_checkpoint
@@ -83,14 +83,23 @@ def create_onnx_runner(model: RefSegModel, card: "ModelCard", device: str | torc
     if source is None:
         raise ConfigError("the onnx runtime needs a model loaded from a checkpoint file")
     sibling = default_onnx_path(source.path)
-    if sibling.is_file() and _exported_from(sibling, source.sha256, card.canvas):
-        return OnnxRunner.from_file(sibling, str(device))
-    cache = Path(os.environ.get("REFSEG_CACHE") or Path.home() / ".cache" / "refseg") / "onnx"
-    cached = cache / f"{source.path.stem}-{source.sha256[:16]}-{card.canvas}.onnx"
-    if not (cached.is_file() and _exported_from(cached, source.sha256, card.canvas)):
-        cache.mkdir(parents=True, exist_ok=True)
-        export_checkpoint(model, source.path, cached, card.canvas)
-    return OnnxRunner.from_file(cached, str(device))
+    if not _exported_from(sibling, source.sha256, card.canvas):
+        cache = Path(os.environ.get("REFSEG_CACHE") or Path.home() / ".cache" / "refseg") / "onnx"
+        sibling = cache / f"{source.path.stem}-{source.sha256[:16]}-{card.canvas}.onnx"
+        if not _exported_from(sibling, source.sha256, card.canvas):
+            cache.mkdir(parents=True, exist_ok=True)
+            export_checkpoint(model, source.path, sibling, card.canvas)
+    return _open(model, sibling, str(device))
+
+
+def _open(model: RefSegModel, path: Path, device: str) -> Runner:
+    """The runner of an export: one graph, or the folder of ``instance_ref``'s graphs."""
+    from refseg.models.instance_ref import InstanceRef
+    from refseg.runtime.onnx_networks import NetworksRunner
+
+    if isinstance(model, InstanceRef):
+        return NetworksRunner.from_folder(model, path, device)
+    return OnnxRunner.from_file(path, device)
 
 
 def onnx_session(model: bytes | str, device: str):
@@ -113,11 +122,12 @@ def pad_tokens(tokens: Tensor, length: int) -> Tensor:
 
 
 def _exported_from(path: Path, digest: str, canvas: int) -> bool:
+    """Whether ``path`` is an export (every graph of it) of the checkpoint ``digest`` at this canvas."""
     from refseg.errors import CheckpointError
-    from refseg.export.onnx import read_metadata
+    from refseg.export.onnx import graph_files, read_metadata
 
     try:
-        props = read_metadata(path)
+        props = [read_metadata(f) for f in graph_files(path)]
     except CheckpointError:
         return False
-    return props.get("checkpoint_sha256") == digest and props.get("image_size") == str(canvas)
+    return all(p.get("checkpoint_sha256") == digest and p.get("image_size") == str(canvas) for p in props)
