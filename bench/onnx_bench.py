@@ -30,7 +30,7 @@ from bench.latency import TEN_EXPRESSIONS, interleaved_timings
 def measure(checkpoint: Path, runs: int, warmup: int) -> dict[str, object]:
     from refseg.api import Segmenter
     from refseg.data.transforms import Letterbox, to_tensor
-    from refseg.export.onnx import default_onnx_path, export_checkpoint
+    from refseg.export.onnx import default_onnx_path, export_checkpoint, export_size
     from refseg.samples import SAMPLES
 
     torch_seg = Segmenter.from_pretrained(checkpoint)
@@ -68,7 +68,7 @@ def measure(checkpoint: Path, runs: int, warmup: int) -> dict[str, object]:
         "layout": result.layout,
         "max_tokens": result.max_tokens,
         "export_s": export_s,
-        "size_mb": result.path.stat().st_size / 2**20,
+        "size_mb": export_size(result.path) / 2**20,
         "max_diff": worst,
         "differ": differ,
         "pixels": pixels,
