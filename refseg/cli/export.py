@@ -25,7 +25,7 @@ def onnx(
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset version."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Canvas side (default: the model's)."),
 ) -> None:
-    """Export image tensor + token ids + lengths -> logits (instance_ref: one graph per network), verified against PyTorch."""
+    """Export image + token ids + lengths -> logits (instance_ref: a graph per network), verified against PyTorch."""
     from refseg.extras import require
 
     require("onnx", "'refseg export onnx'")  # before the model loads

@@ -70,7 +70,7 @@ class RefSegModel(nn.Module):
     """
 
     name: str = ""
-    #: Why the model cannot be exported as one ONNX graph (None: it can).
+    #: Why the model cannot be exported to ONNX (None: it can).
     onnx_unsupported: str | None = None
     #: Stages of a coarse-to-fine training schedule, coarse first (``train.low_res_epochs``). A model
     #: with stages takes a ``stage`` keyword and its ``forward`` depends on :attr:`stage`.

@@ -45,7 +45,7 @@ DUPLICATE_IOU = 0.7
 MASK_STRIDES = (4, 8, 16)
 STUFF_STRIDES = (8, 16, 32)
 _TAP_STRIDES = (4, 8, 16, 32)
-#: The extras the scorer computes per expression; the others describe the photo's candidates (:func:`candidate_extras`).
+#: The extras the scorer computes per expression; the others describe the candidates (:func:`candidate_extras`).
 SCORER_EXTRAS = ("candidate_scores", "candidate_chosen", "confidence")
 
 
@@ -155,7 +155,8 @@ class InstanceRef(RefSegModel):
         else:
             box_encodings, class_logits = self.detector.head(taps)
         extent = _extent(rgb)
-        things = [self.detector.detections(box_encodings[b], class_logits[b], size, (size, size), self.config["min_score"])
+        min_score = self.config["min_score"]
+        things = [self.detector.detections(box_encodings[b], class_logits[b], size, (size, size), min_score)
                   for b in range(len(rgb))]
         stuff_probs = networks.stuff_probabilities(at_strides(taps, STUFF_STRIDES))
         grid = size // 2
@@ -164,7 +165,8 @@ class InstanceRef(RefSegModel):
             # one candidate per object: a box that another class's better box covers is the same object
             keep = nms(det.boxes, det.scores, DUPLICATE_IOU, self.config["max_things"])
             boxes = torch.as_tensor(det.boxes[keep], dtype=images.dtype)
-            thing_masks = networks.instance_masks([t[b : b + 1] for t in at_strides(taps, MASK_STRIDES)], boxes, size, grid)
+            photo_taps = [t[b : b + 1] for t in at_strides(taps, MASK_STRIDES)]
+            thing_masks = networks.instance_masks(photo_taps, boxes, size, grid)
             # the detector also sees the letterbox padding: keep boxes and masks on the photo
             thing_masks = thing_masks * _inside(extent[b], size, grid)
             boxes = torch.minimum(boxes.clamp(min=0), extent[b].repeat(2))

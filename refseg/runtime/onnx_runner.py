@@ -82,14 +82,14 @@ def create_onnx_runner(model: RefSegModel, card: "ModelCard", device: str | torc
     source = card.provenance
     if source is None:
         raise ConfigError("the onnx runtime needs a model loaded from a checkpoint file")
-    sibling = default_onnx_path(source.path)
-    if not _exported_from(sibling, source.sha256, card.canvas):
+    path = default_onnx_path(source.path)
+    if not _exported_from(path, source.sha256, card.canvas):
         cache = Path(os.environ.get("REFSEG_CACHE") or Path.home() / ".cache" / "refseg") / "onnx"
-        sibling = cache / f"{source.path.stem}-{source.sha256[:16]}-{card.canvas}.onnx"
-        if not _exported_from(sibling, source.sha256, card.canvas):
+        path = cache / f"{source.path.stem}-{source.sha256[:16]}-{card.canvas}.onnx"
+        if not _exported_from(path, source.sha256, card.canvas):
             cache.mkdir(parents=True, exist_ok=True)
-            export_checkpoint(model, source.path, sibling, card.canvas)
-    return _open(model, sibling, str(device))
+            export_checkpoint(model, source.path, path, card.canvas)
+    return _open(model, path, str(device))
 
 
 def _open(model: RefSegModel, path: Path, device: str) -> Runner:
