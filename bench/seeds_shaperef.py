@@ -4,6 +4,7 @@ the same data, seeds and budget.
     python -m bench.seeds_shaperef                      # full run, writes docs/results.md
     python -m bench.seeds_shaperef --seeds 0 1          # two seeds: means and the spread of mean IoU
     python -m bench.seeds_shaperef --smoke              # CI: the whole pipeline on a tiny setting
+    python -m bench.seeds_shaperef --no-ablations       # the seven models only, not the claims' extra runs
 
 Every model gets the same ShapeRef data (``--n`` samples at ``--size`` px, scenes split 8:1:1
 train/val/test), the same frozen EfficientNet-Lite0 backbone at output stride 8 whose features
@@ -12,7 +13,9 @@ number of epochs and seed. Each model keeps its own heads and text encoder at it
 (CPU-sized) width. The last checkpoint is scored on the test split with the metrics of
 ``refseg eval``; the tables go into docs/results.md between the ``seeds_shaperef`` markers:
 (a) prec@0.5-0.9, overall and mean IoU (shaped like paper 1 Table 1) and (b) IoU by expression
-length with RMI's relative gain over R+LSTM (shaped like paper 3 Tables 2-5).
+length with RMI's relative gain over R+LSTM (shaped like paper 3 Tables 2-5); (c) mean IoU by
+expression kind; (d) each paper's claim tested by its ablation (the extra runs of ``ABLATIONS``),
+with a verdict.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +58,33 @@ MODEL_OPTIONS = {
     "rmi": {**TEXT, "output_stride": 8},
     "step": {**TEXT, "output_stride": 8},
 }
+#: The extra runs the papers' claims need: label → (model, options that replace MODEL_OPTIONS').
+ABLATIONS = {
+    "lstm_cnn_low": ("lstm_cnn", {"stage": "low"}),  # paper 1 Table 1: the low-resolution stage alone
+    # paper 2 §2.1, fixed GloVe against learned embeddings; both classify the category from h_T only, since
+    # the zero-shot match of words to class names needs GloVe
+    "lstm_cnn_plus_glove": ("lstm_cnn_plus", {"category_text": "learned"}),
+    "lstm_cnn_plus_learned": ("lstm_cnn_plus", {"embedding": "learned", "vocab": "train", "category_text": "learned"}),
+    "step_2_folds": ("step", {"folds": 2}),  # paper 4's ablation: 10 ConvGRU steps instead of 5
+}
+LABELS.update({"lstm_cnn_low": "LSTM-CNN, low-res stage", "lstm_cnn_plus_glove": "LSTM-CNN+, fixed GloVe, no zero-shot",
+               "lstm_cnn_plus_learned": "LSTM-CNN+, learned embeddings, no zero-shot",
+               "step_2_folds": "STEP, 2 folds"})
+#: Words ShapeRef never generates, each standing for one it does (GloVe neighbours): the held-out-words test
+#: set says them instead, so a model whose vocabulary is its training words reads them as unknown.
+HELD_OUT_WORDS = {
+    "red": "crimson", "orange": "tangerine", "yellow": "golden", "green": "emerald", "blue": "azure",
+    "purple": "violet", "pink": "magenta", "white": "ivory", "circle": "disc", "square": "box", "triangle": "wedge",
+}
+#: A difference counts only from this much mean IoU on (and, with several seeds, when every seed of one
+#: side beats every seed of the other).
+MIN_DIFFERENCE = 0.01
 
 
-def run_config(args: argparse.Namespace, model: str, seed: int, out: Path) -> dict:
+def run_config(args: argparse.Namespace, model: str, seed: int, out: Path, options: dict | None = None) -> dict:
     shaperef = {"kind": "shaperef", "n": args.n, "seed": args.data_seed, "options": {"size": args.size}}
     return {
-        "model": {"name": model, "kwargs": MODEL_OPTIONS[model]},
+        "model": {"name": model, "kwargs": {**MODEL_OPTIONS[model], **(options or {})}},
         "data": {
             "image_size": args.size,
             "train": [{**shaperef, "split": "train"}],
@@ -101,6 +126,8 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="Show the training progress bars.")
     parser.add_argument("--resume", action="store_true",
                         help="Reuse the results of models already trained with the same settings.")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="Train the models only, not the extra runs that test the papers' claims.")
     parser.add_argument("--smoke", action="store_true",
                         help="Every model and two seeds through the whole pipeline on 60 samples at 64 px, "
                              "1 epoch (replaces --n, --size, --epochs, --batch-size, --seeds); writes no docs.")
@@ -119,52 +146,51 @@ def main() -> None:
     train_samples = [s for s in generated if s.split == "train"]
     test = [s for s in generated if s.split == "test"]
     edges = length_edges(test)
+    held_out = held_out_words(test)
+    runs = planned_runs(args.models, with_ablations=not args.no_ablations)
     caches: dict[object, FeatureCache] = {}  # models with the same encode_image share their features
     results: dict[str, dict] = {}
     started = time.time()
-    for model_name in args.models:
+    for position, (label, model_name, options) in enumerate(runs):
         per_seed = []
+        key = model_class(model_name).encode_image
         for seed in args.seeds:
-            out = args.out / f"{model_name}-seed{seed}"
-            config_dict = run_config(args, model_name, seed, out)
+            out = args.out / f"{label}-seed{seed}"
+            config_dict = run_config(args, model_name, seed, out, options)
             done = out / "result.json"
             reuse = args.resume and done.is_file() and json.loads(done.read_text())["config"] == config_dict
-            config = from_dict(config_dict)
-            key = model_class(model_name).encode_image
             if reuse:
-                console.print(f"{model_name} seed {seed}: reusing the run in {out}")
+                console.print(f"{label} seed {seed}: reusing the run in {out}")
             else:
                 if out.exists():
                     import shutil
 
                     shutil.rmtree(out)
+                config = from_dict(config_dict)
                 if key not in caches:  # computed once per distinct encode_image, outside the timed training
                     caches[key] = prefilled_cache(config, train_samples, test)
                 t0 = time.time()
                 Trainer(config, console=console, feature_cache=caches[key]).run()
                 done.write_text(json.dumps({"config": config_dict, "train_s": time.time() - t0}))
-            train_s = json.loads(done.read_text())["train_s"]
             model, _ = load_model(out / "last.safetensors")
             cache = caches.setdefault(key, FeatureCache(torch.float16))
-            cache.fill(model, RefDataset(test, args.size, cached=True), torch.device("cpu"))
-            accumulator = evaluate(evaluation_segmenter(model, args.size), test, feature_cache=cache, length_edges=edges)
-            summary = accumulator.summary()
-            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            per_seed.append({"summary": summary, "by_kind": iou_by_kind(accumulator, test),
-                             "train_s": train_s, "params": n_params, "seed": seed})
+            per_seed.append(score_run(model, cache, test, held_out, edges, args.size))
+            per_seed[-1].update(train_s=json.loads(done.read_text())["train_s"], seed=seed)
+            summary = per_seed[-1]["summary"]
             console.print(
-                f"{model_name} seed {seed}: mean IoU {100 * summary['mean_iou']:.2f}, overall IoU "
-                f"{100 * summary['overall_iou']:.2f} ({train_s / 60:.1f} min, {n_params:,} trainable parameters)"
+                f"{label} seed {seed}: mean IoU {100 * summary['mean_iou']:.2f}, overall IoU "
+                f"{100 * summary['overall_iou']:.2f} ({per_seed[-1]['train_s'] / 60:.1f} min, "
+                f"{per_seed[-1]['params']:,} trainable parameters)"
             )
-        results[model_name] = average(per_seed)
-        still_needed = {model_class(m).encode_image for m in args.models[args.models.index(model_name) + 1 :]}
-        for key in [k for k in caches if k not in still_needed]:
-            del caches[key]  # free the memory of features no later model uses
+        results[label] = average(per_seed)
+        still_needed = {model_class(m).encode_image for _, m, _ in runs[position + 1 :]}
+        for stale in [k for k in caches if k not in still_needed]:
+            del caches[stale]  # free the memory of features no later run uses
     total_min = (time.time() - started) / 60
     meta = {
         "n": args.n, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(test), "length_edges": list(edges),
-        "n_train": len(train_samples),
+        "n_train": len(train_samples), "n_held_out": len(held_out),
         "minutes": round(total_min, 1), "command": command_line("seeds_shaperef", [a for a in sys.argv[1:] if a != "--resume"]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +200,36 @@ def main() -> None:
     if not args.no_docs:
         write_block(args.docs, "seeds_shaperef", markdown, append=True)
         console.print(f"updated {args.docs}")
+
+
+def planned_runs(models: list[str], with_ablations: bool) -> list[tuple[str, str, dict]]:
+    """(label, model, options) of every training run: the models, then the ablations of those models."""
+    runs = [(name, name, {}) for name in models]
+    if with_ablations:
+        runs += [(label, model, options) for label, (model, options) in ABLATIONS.items() if model in models]
+    return runs
+
+
+def held_out_words(samples):
+    """The samples whose expression says a word of ``HELD_OUT_WORDS``, saying its stand-in instead."""
+    out = []
+    for sample in samples:
+        words = sample.sentence.split()
+        swapped = [HELD_OUT_WORDS.get(w, w) for w in words]
+        if swapped != words:
+            out.append(replace(sample, sentence=" ".join(swapped)))
+    return out
+
+
+def score_run(model, cache: FeatureCache, test, held_out, edges, size: int) -> dict:
+    """Metrics of one trained model on the test split (overall, by length, by kind) and held-out words."""
+    cache.fill(model, RefDataset(test, size, cached=True), torch.device("cpu"))
+    segmenter = evaluation_segmenter(model, size)
+    accumulator = evaluate(segmenter, test, feature_cache=cache, length_edges=edges)
+    unseen = evaluate(segmenter, held_out, feature_cache=cache).summary() if held_out else {"mean_iou": None}
+    return {"summary": accumulator.summary(), "by_kind": iou_by_kind(accumulator, test),
+            "held_out_mean_iou": unseen["mean_iou"],
+            "params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def prefilled_cache(config, train_samples, test_samples) -> FeatureCache:
@@ -207,6 +263,10 @@ def average(runs: list[dict]) -> dict:
     merged["by_length"] = {b: mean_of([s["by_length"][b] for s in summaries]) for b in summaries[0]["by_length"]}
     merged["by_kind"] = {k: mean_of([r["by_kind"][k] for r in runs]) for k in runs[0]["by_kind"]}
     merged["mean_iou_std"] = float(np.std([s["mean_iou"] for s in summaries]))
+    merged["seeds"] = {"mean_iou": [s["mean_iou"] for s in summaries],
+                       "held_out_mean_iou": [r["held_out_mean_iou"] for r in runs]}
+    merged["held_out_mean_iou"] = None if None in merged["seeds"]["held_out_mean_iou"] else float(
+        np.mean(merged["seeds"]["held_out_mean_iou"]))
     merged["train_min"] = float(np.mean([r["train_s"] for r in runs]) / 60)
     merged["params"] = runs[0]["params"]
     return merged
@@ -249,10 +309,8 @@ def render(results: dict[str, dict], meta: dict) -> str:
         if baseline else "**(b) Overall IoU by expression length (words)** (percent)",
     )
     if "rmi" in results and baseline:
-        gains = []
-        for b in buckets:
-            base, ours = results[baseline]["by_length"][b]["overall_iou"], results["rmi"]["by_length"][b]["overall_iou"]
-            gains.append("–" if not base or ours is None else f"{100 * (ours - base) / base:+.1f} %")
+        gains = [relative_gain(results[baseline], results["rmi"], b) for b in buckets]
+        gains = ["–" if g is None else f"{100 * g:+.1f} %" for g in gains]
         lines.append(f"| RMI relative gain over {LABELS[baseline]} | " + " | ".join(gains) + " |")
     lines += breakdown_table(results, "by_length", "mean_iou", "Mean IoU by length (same buckets):")
     lines += breakdown_table(
@@ -260,7 +318,71 @@ def render(results: dict[str, dict], meta: dict) -> str:
         "**(c) Mean IoU by ShapeRef expression kind** (percent; `none` = no-target expressions, where "
         "IoU is 1 for an empty prediction)",
     )
+    lines += claims_table(results, meta)
     return "\n".join(lines) + "\n"
+
+
+#: Each paper's claim as (paper, claim, the run it says is better, the run it says is worse, metric).
+CLAIMS = (
+    ("paper 1, Table 1", "the high-resolution output beats the low-resolution stage", "lstm_cnn", "lstm_cnn_low",
+     "mean_iou"),
+    ("paper 2, §2.1", "fixed GloVe embeddings beat learned ones on words held out of training",
+     "lstm_cnn_plus_glove", "lstm_cnn_plus_learned", "held_out_mean_iou"),
+    ("paper 3, Tables 2-5", "RMI beats its R+LSTM baseline", "rmi", "rmi_baseline", "mean_iou"),
+    ("paper 4, Table 3", "STEP beats RMI", "step", "rmi", "mean_iou"),
+    ("paper 4, Table 2", "more folds (ConvGRU steps) help", "step_2_folds", "step", "mean_iou"),
+)
+
+
+def verdict(better: list[float], worse: list[float]) -> str:
+    """agrees / disagrees when the means differ by at least MIN_DIFFERENCE and every seed of one side beats
+    every seed of the other; inconclusive otherwise."""
+    difference = float(np.mean(better) - np.mean(worse))
+    if difference >= MIN_DIFFERENCE and min(better) > max(worse):
+        return "agrees"
+    if difference <= -MIN_DIFFERENCE and max(better) < min(worse):
+        return "disagrees"
+    return "inconclusive"
+
+
+def length_gain_verdict(gains: list[float | None]) -> str:
+    """Paper 3: RMI's relative gain grows with length (longest bucket at least 5 points above the shortest)."""
+    if gains[0] is None or gains[-1] is None:
+        return "inconclusive"
+    if gains[-1] >= gains[0] + 0.05:
+        return "agrees"
+    return "disagrees" if gains[-1] <= gains[0] - 0.05 else "inconclusive"
+
+
+def claims_table(results: dict[str, dict], meta: dict) -> list[str]:
+    """Markdown lines: each claim whose runs are in ``results``, the numbers per seed and the verdict."""
+    lines = ["", f"**(d) The papers' claims, tested** (percent mean IoU on the test split, or on its {meta['n_held_out']} "
+             "expressions with held-out words; each seed's value in brackets; a verdict needs a mean difference of "
+             f"{100 * MIN_DIFFERENCE:g} point and every seed of one run beyond every seed of the other)", "",
+             "| claim | source | better (as claimed) | worse (as claimed) | verdict |", "|---|---|---|---|---|"]
+
+    def cell(label: str, metric: str) -> str:
+        values = results[label]["seeds"][metric]
+        return f"{LABELS[label]}: {pct(float(np.mean(values)))} ({', '.join(pct(v) for v in values)})"
+
+    for paper, claim, better, worse, metric in CLAIMS:
+        if better in results and worse in results and None not in results[better]["seeds"][metric] + results[worse]["seeds"][metric]:
+            found = verdict(results[better]["seeds"][metric], results[worse]["seeds"][metric])
+            lines.append(f"| {claim} | {paper} | {cell(better, metric)} | {cell(worse, metric)} | {found} |")
+    if "rmi" in results and "rmi_baseline" in results:
+        gains = [relative_gain(results["rmi_baseline"], results["rmi"], b) for b in results["rmi"]["by_length"]]
+        shown = ", ".join("–" if g is None else f"{100 * g:+.1f} %" for g in gains)
+        lines.append(f"| RMI's gain over R+LSTM grows with expression length | paper 3, Tables 2-5 | gains by length "
+                     f"bucket, shortest to longest: {shown} | | {length_gain_verdict(gains)} |")
+    lines.append("| synthesized expressions help | paper 2, §2.2 | not testable here: every ShapeRef expression is "
+                 "synthesized | | – |")
+    return lines
+
+
+def relative_gain(baseline: dict, model: dict, bucket: str) -> float | None:
+    """Relative overall-IoU gain of ``model`` over ``baseline`` in one length bucket (None when undefined)."""
+    base, ours = baseline["by_length"][bucket]["overall_iou"], model["by_length"][bucket]["overall_iou"]
+    return None if not base or ours is None else (ours - base) / base
 
 
 def breakdown_table(results: dict[str, dict], group: str, metric: str, title: str) -> list[str]:

@@ -9,17 +9,18 @@ import sys
 import pytest
 
 from bench import REPO
-from bench.seeds_shaperef import MODELS, render
+from bench.seeds_shaperef import ABLATIONS, HELD_OUT_WORDS, MODELS, held_out_words, planned_runs, render, verdict
+from refseg.data.shapes import generate_samples
 
 META = {"command": "python -m bench.seeds_shaperef", "size": 64, "n_train": 8, "n_test": 2, "data_seed": 0,
-        "epochs": 1, "batch_size": 2, "lr": 1e-3, "seeds": [0]}
+        "epochs": 1, "batch_size": 2, "lr": 1e-3, "seeds": [0], "n_held_out": 1}
 
 
 def _result(mean_iou: float) -> dict:
     part = {"n": 1, "overall_iou": mean_iou, "mean_iou": mean_iou}
     return {
         **{f"prec@0.{k}": mean_iou for k in range(5, 10)}, "overall_iou": mean_iou, "mean_iou": mean_iou,
-        "params": 10, "train_min": 0.5,
+        "params": 10, "train_min": 0.5, "seeds": {"mean_iou": [mean_iou], "held_out_mean_iou": [mean_iou / 2]},
         "by_length": {"1-3": dict(part), "4+": dict(part, mean_iou=mean_iou / 2)},
         "by_kind": {"category": dict(part)},
     }
@@ -45,6 +46,39 @@ def test_rmi_gain_row_compares_with_its_own_baseline_when_present():
     assert "gain over LSTM-CNN" not in markdown
 
 
+def test_claims_get_a_verdict_only_when_every_seed_agrees_and_the_difference_is_a_point():
+    assert verdict([0.50, 0.52], [0.40, 0.45]) == "agrees"
+    assert verdict([0.40, 0.45], [0.50, 0.52]) == "disagrees"
+    assert verdict([0.50, 0.40], [0.45, 0.44]) == "inconclusive"  # the seeds overlap
+    assert verdict([0.505], [0.50]) == "inconclusive"  # half a point
+
+
+def test_claims_table_compares_the_runs_each_paper_names():
+    results = {"rmi_baseline": _result(0.25), "rmi": _result(0.5), "step": _result(0.4)}
+    claims = markdown_claims(render(results, META))
+    assert "| RMI beats its R+LSTM baseline | paper 3, Tables 2-5 | RMI: 50.00 (50.00) | R+LSTM: 25.00 (25.00) | agrees |" in claims
+    assert "| STEP beats RMI | paper 4, Table 3 | STEP: 40.00 (40.00) | RMI: 50.00 (50.00) | disagrees |" in claims
+    assert "high-resolution" not in claims  # LSTM-CNN and its low-res stage were not trained
+
+
+def markdown_claims(markdown: str) -> str:
+    return markdown.split("**(d)")[1]
+
+
+def test_held_out_words_are_never_generated_and_replace_the_words_they_stand_for():
+    samples = generate_samples(400, seed=0, size=64)
+    vocabulary = {w for s in samples for w in s.sentence.split()}
+    assert not vocabulary & set(HELD_OUT_WORDS.values())
+    swapped = held_out_words(samples)
+    assert swapped and all(not set(s.sentence.split()) & set(HELD_OUT_WORDS) for s in swapped)
+    assert {s.id for s in swapped} <= {s.id for s in samples}
+
+
+def test_ablations_run_only_with_the_model_they_ablate():
+    assert [label for label, *_ in planned_runs(["rmi", "step"], with_ablations=True)] == ["rmi", "step", "step_2_folds"]
+    assert planned_runs(["step"], with_ablations=False) == [("step", "step", {})]
+
+
 @pytest.mark.slow
 def test_smoke_mode_runs_every_model_and_two_seeds_without_touching_the_docs(tmp_path):
     docs = (REPO / "docs" / "results.md").read_text()
@@ -53,6 +87,6 @@ def test_smoke_mode_runs_every_model_and_two_seeds_without_touching_the_docs(tmp
                    check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
     written = json.loads((tmp_path / "smoke" / "results.json").read_text())
     assert written["meta"]["seeds"] == [0, 1] and written["meta"]["size"] == 64
-    assert list(written["results"]) == list(MODELS)
+    assert list(written["results"]) == [*MODELS, *ABLATIONS]
     assert all(0.0 <= r["mean_iou"] <= 1.0 and "mean_iou_std" in r for r in written["results"].values())
     assert (REPO / "docs" / "results.md").read_text() == docs
