@@ -38,11 +38,9 @@ from refseg.export.onnx import (
 from refseg.models.candidate_cues import Candidates
 from refseg.models.instance_ref import MASK_STRIDES, SCORER_EXTRAS, STUFF_STRIDES, InstanceRef, at_strides, canvas_rgb
 from refseg.runtime.base import broadcast_batch
-from refseg.runtime.onnx_networks import NetworksRunner
+from refseg.runtime.onnx_networks import GRAPHS, NetworksRunner
 from refseg.runtime.onnx_runner import Layout, onnx_session
 
-#: The graph files of the folder, in the order the runner's glue calls them.
-GRAPHS = ("detector", "stuff_head", "mask_head", "scorer")
 CANDIDATE_INPUTS = tuple(f"candidates.{f.name}" for f in fields(Candidates))
 #: The scorer takes any number of expressions of any length.
 LAYOUT = Layout(dynamic_batch=True, dynamic_words=True)

@@ -312,7 +312,7 @@ def default_onnx_path(checkpoint: str | Path) -> Path:
 
 def graph_files(path: str | Path) -> list[Path]:
     """The graph files of an export: the file itself, or each graph of a folder export."""
-    from refseg.export.instance_onnx import GRAPHS
+    from refseg.runtime.onnx_networks import GRAPHS
 
     path = Path(path)
     return [path / f"{name}.onnx" for name in GRAPHS] if path.is_dir() else [path]

@@ -13,6 +13,9 @@ from refseg.models.candidate_cues import Candidates
 from refseg.models.instance_ref import SCORER_EXTRAS, InstanceRef, candidate_extras
 from refseg.runtime.base import broadcast_batch
 
+#: The graph files of an exported folder, in the order the glue calls them.
+GRAPHS = ("detector", "stuff_head", "mask_head", "scorer")
+
 
 class OnnxNetworks:
     """:class:`~refseg.models.instance_ref.ImageNetworks` run by onnxruntime, one photo per call."""
@@ -50,7 +53,6 @@ class NetworksRunner:
 
     @classmethod
     def from_folder(cls, model: InstanceRef, folder: str | Path, device: str = "cpu") -> "NetworksRunner":
-        from refseg.export.instance_onnx import GRAPHS
         from refseg.runtime.onnx_runner import onnx_session
 
         return cls(model, {name: onnx_session(str(Path(folder) / f"{name}.onnx"), device) for name in GRAPHS})

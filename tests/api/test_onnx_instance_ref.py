@@ -16,7 +16,8 @@ from refseg.api import Segmenter
 from refseg.cli import main
 from refseg.engine.checkpoint import WEIGHTS_DIR
 from refseg.errors import ConfigError
-from refseg.export.instance_onnx import GRAPHS, networks
+from refseg.export.instance_onnx import networks
+from refseg.runtime.onnx_networks import GRAPHS
 from refseg.export.onnx import PROBABILITY_TOLERANCE, export_onnx, read_metadata
 from refseg.models.detector import graph_path
 from refseg.runtime.onnx_networks import NetworksRunner
