@@ -169,7 +169,8 @@ def main() -> None:
             del caches[key]  # free the memory of features no later model uses
     total_min = (time.time() - started) / 60
     meta = {
-        "n": args.n, "per_scene": args.per_scene, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "n": args.n, "per_scene": args.per_scene, "size": args.size, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr,
         "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(test), "length_edges": list(edges),
         "n_train": len(train_samples),
         "minutes": round(total_min, 1), "command": command_line("seeds_shaperef", [a for a in sys.argv[1:] if a != "--resume"]),
