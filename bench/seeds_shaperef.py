@@ -6,10 +6,11 @@ the same data, seeds and budget.
     python -m bench.seeds_shaperef --smoke              # CI: the whole pipeline on a tiny setting
     python -m bench.seeds_shaperef --no-ablations       # the seven models only, not the claims' extra runs
 
-Every model gets the same ShapeRef data (``--n`` samples at ``--size`` px, scenes split 8:1:1
-train/val/test), the same frozen EfficientNet-Lite0 backbone at output stride 8 whose features
-are computed once and shared by all runs, the same optimiser (Adam, poly schedule), batch size,
-number of epochs and seed. Each model keeps its own heads and text encoder at its default
+Every model gets the same ShapeRef data (``--n`` samples, ``--per-scene`` expressions per scene, at
+``--size`` px, scenes split 8:1:1 train/val/test), the same frozen EfficientNet-Lite0 backbone at
+output stride 8 whose features are computed once and shared by all runs (the models that read only
+its last tap read the hypercolumn: head + stride-8 tap), the same optimiser (Adam, poly schedule),
+batch size, number of epochs and seed. Each model keeps its own heads and text encoder at its default
 (CPU-sized) width. The last checkpoint is scored on the test split with the metrics of
 ``refseg eval``; the tables go into docs/results.md between the ``seeds_shaperef`` markers:
 (a) prec@0.5-0.9, overall and mean IoU (shaped like paper 1 Table 1) and (b) IoU by expression
@@ -49,13 +50,16 @@ LABELS = {
 #: Text options shared by the models that take them: GloVe-initialised embeddings over the
 #: training vocabulary (LSTM-CNN+ keeps its paper-2 default: fixed GloVe, full vocabulary).
 TEXT = {"vocab": "train", "embedding": "glove"}
+#: The models that read only the last tap read the hypercolumn (head + stride-8 tap): the dilated
+#: head alone has lost the colour of ShapeRef's shapes (docs/results.md, "Setting"). STEP reads every tap.
+LAST = {"output_stride": 8, "backbone_last": "hypercolumn"}
 MODEL_OPTIONS = {
     "whole_image": {},
-    "per_word": {"words": "train", "num_words": 500, "combine": "average", "output_stride": 8},
-    "lstm_cnn": {**TEXT, "output_stride": 8},
-    "lstm_cnn_plus": {"output_stride": 8},
-    "rmi_baseline": {**TEXT, "output_stride": 8},
-    "rmi": {**TEXT, "output_stride": 8},
+    "per_word": {"words": "train", "num_words": 500, "combine": "average", **LAST},
+    "lstm_cnn": {**TEXT, **LAST},
+    "lstm_cnn_plus": LAST,
+    "rmi_baseline": {**TEXT, **LAST},
+    "rmi": {**TEXT, **LAST},
     "step": {**TEXT, "output_stride": 8},
 }
 #: The extra runs the papers' claims need: label → (model, options that replace MODEL_OPTIONS').
@@ -82,7 +86,8 @@ MIN_DIFFERENCE = 0.01
 
 
 def run_config(args: argparse.Namespace, model: str, seed: int, out: Path, options: dict | None = None) -> dict:
-    shaperef = {"kind": "shaperef", "n": args.n, "seed": args.data_seed, "options": {"size": args.size}}
+    data_options = {"size": args.size, "per_scene": args.per_scene}
+    shaperef = {"kind": "shaperef", "n": args.n, "seed": args.data_seed, "options": data_options}
     return {
         "model": {"name": model, "kwargs": {**MODEL_OPTIONS[model], **(options or {})}},
         "data": {
@@ -109,9 +114,11 @@ def length_edges(samples) -> tuple[int, ...]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=2400, help="ShapeRef samples in all splits (8:1:1).")
+    parser.add_argument("--n", type=int, default=9600, help="ShapeRef samples in all splits (8:1:1 by scene).")
+    parser.add_argument("--per-scene", type=int, default=8,
+                        help="Expressions per scene (more: fewer images, so less feature-cache memory).")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Training seeds (results averaged).")
@@ -129,11 +136,11 @@ def main() -> None:
     parser.add_argument("--no-ablations", action="store_true",
                         help="Train the models only, not the extra runs that test the papers' claims.")
     parser.add_argument("--smoke", action="store_true",
-                        help="Every model and two seeds through the whole pipeline on 60 samples at 64 px, "
-                             "1 epoch (replaces --n, --size, --epochs, --batch-size, --seeds); writes no docs.")
+                        help="Every model, ablation and two seeds through the whole pipeline on 60 samples at 64 px, "
+                             "1 epoch (replaces --n, --per-scene, --size, --epochs, --batch-size, --seeds); writes no docs.")
     args = parser.parse_args()
     if args.smoke:
-        args.n, args.size, args.epochs, args.batch_size, args.seeds = 60, 64, 1, 8, [0, 1]
+        args.n, args.per_scene, args.size, args.epochs, args.batch_size, args.seeds = 60, 4, 64, 1, 8, [0, 1]
         args.no_docs, args.out = True, args.out / "smoke"
     missing = sorted(set(args.models) - set(list_models()))
     if missing:
@@ -142,7 +149,7 @@ def main() -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
-    generated = generate_samples(args.n, args.data_seed, size=args.size)
+    generated = generate_samples(args.n, args.data_seed, size=args.size, per_scene=args.per_scene)
     train_samples = [s for s in generated if s.split == "train"]
     test = [s for s in generated if s.split == "test"]
     edges = length_edges(test)
@@ -188,7 +195,8 @@ def main() -> None:
             del caches[stale]  # free the memory of features no later run uses
     total_min = (time.time() - started) / 60
     meta = {
-        "n": args.n, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "n": args.n, "per_scene": args.per_scene, "size": args.size, "epochs": args.epochs,
+        "batch_size": args.batch_size, "lr": args.lr,
         "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(test), "length_edges": list(edges),
         "n_train": len(train_samples), "n_held_out": len(held_out),
         "minutes": round(total_min, 1), "command": command_line("seeds_shaperef", [a for a in sys.argv[1:] if a != "--resume"]),

@@ -33,9 +33,10 @@ BACKBONES: dict[str, tuple[str, str, str]] = {
 #: the COCO detector's MobileNetV2 (refseg.models.detector)
 COCO_MOBILENET = "mobilenet_v2_coco"
 OUTPUT_STRIDES = (8, 16, 32)
-#: what the stride-32 tap is: the 1280-d head conv output, the last MBConv block (320-d), or the
-#: ImageNet class scores at every location (1000-d, the fc8 of paper 1 §3.1)
-LAST_TAPS = ("head", "block", "classes")
+#: what the stride-32 tap is: the 1280-d head conv output, the last MBConv block (320-d), the
+#: ImageNet class scores at every location (1000-d, the fc8 of paper 1 §3.1), or the head output
+#: with the stride-8 tap resized onto its grid (1280 + 40-d: a hypercolumn that keeps colour and edges)
+LAST_TAPS = ("head", "block", "classes", "hypercolumn")
 
 
 def weights_path(name: str) -> Path:
@@ -107,7 +108,9 @@ class Backbone(FrozenParts):
     ``self.channels`` channels. The last tap is the 1280-d head output (``last="head"``,
     ImageNet-classifier ready), the last MBConv block (``last="block"``, 320-d for lite0) or the
     1000 ImageNet class scores at every location (``last="classes"``: the classifier as a 1x1
-    convolution, like VGG's fc8 in paper 1 §3.1).
+    convolution, like VGG's fc8 in paper 1 §3.1) or the head output concatenated with the stride-8
+    tap, bilinearly resized to the last grid (``last="hypercolumn"``: deep ImageNet features lose
+    the colour and outline of small objects; models that read only the last tap get them back).
     With ``freeze=True`` every parameter is frozen and batch norm stays in eval mode.
     ``trainable_stages=N`` (with ``freeze=True``) fine-tunes only the last N of the four
     stages (1: the stride-32 blocks and the head conv; 4: everything after the stem) while
@@ -141,7 +144,8 @@ class Backbone(FrozenParts):
         block_channels = [self.net._blocks[i]._block_args.output_filters for i in self._tap_blocks]
         self.head_channels: int = self.net._conv_head.out_channels
         self.num_classes: int = self.net._fc.out_features
-        last_channels = {"head": self.head_channels, "block": block_channels[3], "classes": self.num_classes}
+        last_channels = {"head": self.head_channels, "block": block_channels[3], "classes": self.num_classes,
+                         "hypercolumn": self.head_channels + block_channels[1]}
         self.channels: list[int] = block_channels[:3] + [last_channels[last]]
         self.strides: list[int] = [min(s, output_stride) for s in (4, 8, 16, 32)]
         self._freeze(freeze, trainable_stages)
@@ -188,6 +192,9 @@ class Backbone(FrozenParts):
             taps[-1] = self.head(taps[-1])
         if self.last == "classes":
             taps[-1] = self.classify(taps[-1])
+        if self.last == "hypercolumn":
+            fine = F.interpolate(taps[1], size=taps[-1].shape[-2:], mode="bilinear", align_corners=False)
+            taps[-1] = torch.cat([taps[-1], fine], dim=1)
         return taps
 
     def head(self, block_output: Tensor) -> Tensor:
@@ -205,6 +212,8 @@ class Backbone(FrozenParts):
         x = last_feature_map
         if self.last == "classes":
             return x
+        if self.last == "hypercolumn":
+            x = x[:, : self.head_channels]
         if x.shape[1] == self.net._conv_head.in_channels:
             x = self.head(x)
         return self.classify(x)
@@ -236,6 +245,8 @@ class CocoMobileNetV2(FrozenParts):
         from refseg.models.tf_graph import read_constants
 
         _check_options(output_stride, last, freeze, trainable_stages)
+        if last == "hypercolumn":
+            raise ConfigError(f"{COCO_MOBILENET} has no hypercolumn tap: use backbone_last=head or block")
         self.net = MobileNetV2(output_stride=output_stride, last=last)
         if pretrained:
             constants = read_constants(graph_path())

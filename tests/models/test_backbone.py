@@ -103,6 +103,29 @@ def test_classes_tap_is_the_dense_imagenet_classifier(lite0: Backbone) -> None:
     assert not any(p.requires_grad for p in Backbone(pretrained=False, trainable_stages=1).net._fc.parameters())
 
 
+@pytest.mark.parametrize("output_stride", [32, 8])
+def test_hypercolumn_tap_is_the_head_with_the_resized_stride8_tap(lite0: Backbone, output_stride: int) -> None:
+    """``last="hypercolumn"``: the 1280-d head output, then the stride-8 tap on the last grid; the
+    ImageNet classifier still reads the head part."""
+    head = Backbone(output_stride=output_stride)
+    hyper = Backbone(output_stride=output_stride, last="hypercolumn")
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        plain, taps = head(images), hyper(images)
+        torch.testing.assert_close(taps[-1][:, :1280], plain[-1])
+        fine = F.interpolate(plain[1], size=plain[-1].shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(taps[-1][:, 1280:], fine)
+        torch.testing.assert_close(hyper.imagenet_logits(taps[-1]), head.imagenet_logits(plain[-1]))
+    assert hyper.channels[-1] == taps[-1].shape[1] == 1280 + 40
+
+
+def test_coco_backbone_has_no_hypercolumn_tap() -> None:
+    from refseg.models.backbone import CocoMobileNetV2
+
+    with pytest.raises(ConfigError, match="hypercolumn"):
+        CocoMobileNetV2(pretrained=False, last="hypercolumn")
+
+
 def test_imagenet_class_names_are_the_ilsvrc_order() -> None:
     assert len(IMAGENET_CLASSES) == len(set(IMAGENET_CLASSES)) == 1000
     anchors = {0: "tench", 1: "goldfish", 207: "golden retriever", 281: "tabby", 340: "zebra",
