@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench import REPO
-from bench.seeds_shaperef import ABLATIONS, HELD_OUT_WORDS, MODELS, held_out_words, planned_runs, render, verdict
+from bench.seeds_shaperef import ABLATIONS, HELD_OUT_WORDS, MODELS, THRESHOLDS, held_out_words, planned_runs, render, verdict
 from refseg.data.shapes import generate_samples
 
 META = {"command": "python -m bench.seeds_shaperef", "size": 64, "n_train": 8, "n_test": 2, "data_seed": 0,
@@ -20,7 +20,7 @@ def _result(mean_iou: float) -> dict:
     part = {"n": 1, "overall_iou": mean_iou, "mean_iou": mean_iou}
     return {
         **{f"prec@0.{k}": mean_iou for k in range(5, 10)}, "overall_iou": mean_iou, "mean_iou": mean_iou,
-        "params": 10, "train_min": 0.5, "seeds": {"mean_iou": [mean_iou], "held_out_mean_iou": [mean_iou / 2]},
+        "params": 10, "train_min": 0.5, "threshold": 0.3, "seeds": {"mean_iou": [mean_iou], "held_out_mean_iou": [mean_iou / 2]},
         "by_length": {"1-3": dict(part), "4+": dict(part, mean_iou=mean_iou / 2)},
         "by_kind": {"category": dict(part)},
     }
@@ -89,4 +89,5 @@ def test_smoke_mode_runs_every_model_and_two_seeds_without_touching_the_docs(tmp
     assert written["meta"]["seeds"] == [0, 1] and written["meta"]["size"] == 64
     assert list(written["results"]) == [*MODELS, *ABLATIONS]
     assert all(0.0 <= r["mean_iou"] <= 1.0 and "mean_iou_std" in r for r in written["results"].values())
+    assert all(min(THRESHOLDS) <= r["threshold"] <= max(THRESHOLDS) for r in written["results"].values())  # seed mean
     assert (REPO / "docs" / "results.md").read_text() == docs
