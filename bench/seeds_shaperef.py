@@ -86,7 +86,7 @@ HELD_OUT_WORDS = {
 MIN_DIFFERENCE = 0.01
 #: Decision thresholds each run chooses from on the val split (a model whose probabilities stay below
 #: 0.5 on small targets is not scored as if it predicted nothing).
-THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def run_config(args: argparse.Namespace, model: str, seed: int, out: Path, options: dict | None = None) -> dict:
