@@ -38,7 +38,6 @@ from refseg.data.shapes import generate_samples
 from refseg.engine.checkpoint import load_model
 from refseg.engine.evaluator import evaluate, evaluation_segmenter
 from refseg.engine.feature_cache import FeatureCache
-from refseg.engine.release import threshold_summaries
 from refseg.engine.trainer import Trainer
 from refseg.models import build_model, list_models, model_class
 from refseg.models.text import split_words
@@ -237,10 +236,11 @@ def held_out_words(samples):
 def score_run(model, cache: FeatureCache, val, test, held_out, edges, size: int) -> dict:
     """Metrics of one trained model on the test split (overall, by length, by kind) and held-out words,
     at the decision threshold of ``THRESHOLDS`` with the best mean IoU on the val split."""
-    on_val = threshold_summaries(model, val, size, THRESHOLDS)
-    threshold = max(THRESHOLDS, key=lambda t: on_val[t]["mean_iou"])
-    cache.fill(model, RefDataset(test, size, cached=True), torch.device("cpu"))
+    for split in (val, test):  # a no-op for the features the shared cache already holds
+        cache.fill(model, RefDataset(split, size, cached=True), torch.device("cpu"))
     segmenter = evaluation_segmenter(model, size)
+    on_val = {t: evaluate(segmenter, val, threshold=t, feature_cache=cache).summary()["mean_iou"] for t in THRESHOLDS}
+    threshold = max(THRESHOLDS, key=on_val.__getitem__)
     accumulator = evaluate(segmenter, test, threshold=threshold, feature_cache=cache, length_edges=edges)
     unseen = evaluate(segmenter, held_out, threshold=threshold, feature_cache=cache).summary() if held_out else None
     return {"summary": accumulator.summary(), "by_kind": iou_by_kind(accumulator, test), "threshold": threshold,

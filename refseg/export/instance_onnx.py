@@ -137,7 +137,7 @@ def _probe_inputs(model: InstanceRef, image: Tensor) -> dict[str, tuple[Tensor, 
     rgb = canvas_rgb(image)
     with torch.no_grad():
         taps, _, _ = model.detector_outputs(rgb)
-        candidates = model.candidates(image)
+        candidates = model.candidates(image, taps)
     boxes = torch.tensor([[0.1, 0.2, 0.6, 0.9], [0.4, 0.05, 0.95, 0.5]]) * size
     tokens, lengths = model.tokenize(list(PROBE_TEXTS[:2]))
     return {

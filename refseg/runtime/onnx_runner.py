@@ -93,11 +93,10 @@ def create_onnx_runner(model: RefSegModel, card: "ModelCard", device: str | torc
 
 
 def _open(model: RefSegModel, path: Path, device: str) -> Runner:
-    """The runner of an export: one graph, or the folder of ``instance_ref``'s graphs."""
-    from refseg.models.instance_ref import InstanceRef
+    """The runner of an export: one graph, or a folder of graphs (``instance_ref``'s networks)."""
     from refseg.runtime.onnx_networks import NetworksRunner
 
-    if isinstance(model, InstanceRef):
+    if path.is_dir():
         return NetworksRunner.from_folder(model, path, device)
     return OnnxRunner.from_file(path, device)
 
