@@ -1,8 +1,8 @@
 """Seeds comparison on ShapeRef: the seven models (RMI's R+LSTM baseline included) trained with
 the same data, seeds and budget.
 
-    python -m bench.seeds_shaperef                      # full run, writes docs/results.md
-    python -m bench.seeds_shaperef --seeds 0 1          # two seeds: means and the spread of mean IoU
+    python -m bench.seeds_shaperef                      # full run: two seeds, one process each; writes docs/results.md
+    python -m bench.seeds_shaperef --seeds 0 --jobs 1   # one seed
     python -m bench.seeds_shaperef --smoke              # CI: the whole pipeline on a tiny setting
     python -m bench.seeds_shaperef --no-ablations       # the seven models only, not the claims' extra runs
 
@@ -10,7 +10,7 @@ Every model gets the same ShapeRef data (``--n`` samples, ``--per-scene`` expres
 ``--size`` px, scenes split 8:1:1 train/val/test), the same frozen EfficientNet-Lite0 backbone at
 output stride 8 whose features are computed once and shared by all runs (the models that read only
 its last tap read the hypercolumn: head + stride-8 tap), the same optimiser (Adam, poly schedule),
-batch size, number of epochs and seed. Each model keeps its own heads and text encoder at its default
+batch size, number of epochs and seeds. Each model keeps its own heads and text encoder at its default
 (CPU-sized) width. The last checkpoint is scored on the test split with the metrics of
 ``refseg eval``; the tables go into docs/results.md between the ``seeds_shaperef`` markers:
 (a) prec@0.5-0.9, overall and mean IoU (shaped like paper 1 Table 1) and (b) IoU by expression
@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,14 +56,17 @@ TEXT = {"vocab": "train", "embedding": "glove"}
 #: The models that read only the last tap read the hypercolumn (head + stride-8 tap): the dilated
 #: head alone has lost the colour of ShapeRef's shapes (docs/results.md, "Setting"). STEP reads every tap.
 LAST = {"output_stride": 8, "backbone_last": "hypercolumn"}
+#: Every loss weighs foreground pixels 3 (paper 1 eq. 2; papers 3 and 4 weigh them 1): with their plain loss
+#: RMI's probabilities stayed below 0.5 and STEP collapsed to empty masks (docs/results.md, "Setting").
+FOREGROUND = {"pos_weight": 3.0}
 MODEL_OPTIONS = {
     "whole_image": {},
     "per_word": {"words": "train", "num_words": 500, "combine": "average", **LAST},
     "lstm_cnn": {**TEXT, **LAST},
     "lstm_cnn_plus": LAST,
-    "rmi_baseline": {**TEXT, **LAST},
-    "rmi": {**TEXT, **LAST},
-    "step": {**TEXT, "output_stride": 8},
+    "rmi_baseline": {**TEXT, **LAST, **FOREGROUND},
+    "rmi": {**TEXT, **LAST, **FOREGROUND},
+    "step": {**TEXT, "output_stride": 8, **FOREGROUND},
 }
 #: The extra runs the papers' claims need: label → (model, options that replace MODEL_OPTIONS').
 ABLATIONS = {
@@ -124,7 +130,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Training seeds (results averaged).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Training seeds (results averaged).")
+    parser.add_argument("--jobs", type=int, default=2, help="Seeds trained at once, one process each.")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "seeds_shaperef")
@@ -148,61 +155,26 @@ def main() -> None:
     missing = sorted(set(args.models) - set(list_models()))
     if missing:
         parser.error(f"models not registered: {', '.join(missing)}")
-    torch.set_num_threads(args.threads)
-    from rich.console import Console
-
-    console = Console(stderr=True)
     generated = generate_samples(args.n, args.data_seed, size=args.size, per_scene=args.per_scene)
-    train_samples = [s for s in generated if s.split == "train"]
-    test = [s for s in generated if s.split == "test"]
-    val = [s for s in generated if s.split == "val"]
-    edges = length_edges(test)
-    held_out = held_out_words(test)
+    splits = {split: [s for s in generated if s.split == split] for split in ("train", "val", "test")}
+    edges = length_edges(splits["test"])
+    held_out = held_out_words(splits["test"])
     runs = planned_runs(args.models, with_ablations=not args.no_ablations)
-    caches: dict[object, FeatureCache] = {}  # models with the same encode_image share their features
-    results: dict[str, dict] = {}
     started = time.time()
-    for position, (label, model_name, options) in enumerate(runs):
-        per_seed = []
-        key = model_class(model_name).encode_image
-        for seed in args.seeds:
-            out = args.out / f"{label}-seed{seed}"
-            config_dict = run_config(args, model_name, seed, out, options)
-            done = out / "result.json"
-            reuse = args.resume and done.is_file() and json.loads(done.read_text())["config"] == config_dict
-            if reuse:
-                console.print(f"{label} seed {seed}: reusing the run in {out}")
-            else:
-                if out.exists():
-                    import shutil
-
-                    shutil.rmtree(out)
-                config = from_dict(config_dict)
-                if key not in caches:  # computed once per distinct encode_image, outside the timed training
-                    caches[key] = prefilled_cache(config, train_samples, test)
-                t0 = time.time()
-                Trainer(config, console=console, feature_cache=caches[key]).run()
-                done.write_text(json.dumps({"config": config_dict, "train_s": time.time() - t0}))
-            model, _ = load_model(out / "last.safetensors")
-            cache = caches.setdefault(key, FeatureCache(torch.float16))
-            per_seed.append(score_run(model, cache, val, test, held_out, edges, args.size))
-            per_seed[-1].update(train_s=json.loads(done.read_text())["train_s"], seed=seed)
-            summary = per_seed[-1]["summary"]
-            console.print(
-                f"{label} seed {seed}: mean IoU {100 * summary['mean_iou']:.2f}, overall IoU "
-                f"{100 * summary['overall_iou']:.2f} ({per_seed[-1]['train_s'] / 60:.1f} min, "
-                f"{per_seed[-1]['params']:,} trainable parameters)"
-            )
-        results[label] = average(per_seed)
-        still_needed = {model_class(m).encode_image for _, m, _ in runs[position + 1 :]}
-        for stale in [k for k in caches if k not in still_needed]:
-            del caches[stale]  # free the memory of features no later run uses
+    jobs = max(1, min(args.jobs, len(args.seeds)))
+    tasks = [(args, runs, seed, splits, held_out, edges) for seed in args.seeds]
+    if jobs == 1:
+        per_seed = [run_seed(*task) for task in tasks]
+    else:  # one process per seed, each with its own feature caches
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            per_seed = list(pool.map(run_seed, *zip(*tasks)))
+    results = {label: average([scores[label] for scores in per_seed]) for label, _, _ in runs}
     total_min = (time.time() - started) / 60
     meta = {
         "n": args.n, "per_scene": args.per_scene, "size": args.size, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr,
-        "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(test), "length_edges": list(edges),
-        "n_train": len(train_samples), "n_held_out": len(held_out),
+        "seeds": args.seeds, "data_seed": args.data_seed, "n_test": len(splits["test"]), "length_edges": list(edges),
+        "n_train": len(splits["train"]), "n_held_out": len(held_out),
         "minutes": round(total_min, 1), "command": command_line("seeds_shaperef", [a for a in sys.argv[1:] if a != "--resume"]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +183,48 @@ def main() -> None:
     print(markdown)
     if not args.no_docs:
         write_block(args.docs, "seeds_shaperef", markdown, append=True)
-        console.print(f"updated {args.docs}")
+        print(f"updated {args.docs}", file=sys.stderr)
+
+
+def run_seed(args: argparse.Namespace, runs: list, seed: int, splits: dict, held_out: list, edges) -> dict[str, dict]:
+    """Train (or, with ``--resume``, reuse) and score every run of one training seed: label → scores.
+    Backbone features are computed once per distinct ``encode_image`` and freed after its last run."""
+    from rich.console import Console
+
+    torch.set_num_threads(args.threads)
+    console = Console(stderr=True)
+    caches: dict[object, FeatureCache] = {}
+    scores: dict[str, dict] = {}
+    for position, (label, model_name, options) in enumerate(runs):
+        key = model_class(model_name).encode_image
+        out = args.out / f"{label}-seed{seed}"
+        config_dict = run_config(args, model_name, seed, out, options)
+        done = out / "result.json"
+        if args.resume and done.is_file() and json.loads(done.read_text())["config"] == config_dict:
+            console.print(f"{label} seed {seed}: reusing the run in {out}")
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            config = from_dict(config_dict)
+            if key not in caches:  # computed outside the timed training
+                caches[key] = prefilled_cache(config, splits["train"], splits["test"])
+            t0 = time.time()
+            Trainer(config, console=console, feature_cache=caches[key]).run()
+            done.write_text(json.dumps({"config": config_dict, "train_s": time.time() - t0}))
+        model, _ = load_model(out / "last.safetensors")
+        cache = caches.setdefault(key, FeatureCache(torch.float16))
+        scores[label] = score_run(model, cache, splits["val"], splits["test"], held_out, edges, args.size)
+        scores[label].update(train_s=json.loads(done.read_text())["train_s"], seed=seed)
+        summary = scores[label]["summary"]
+        console.print(
+            f"{label} seed {seed}: mean IoU {100 * summary['mean_iou']:.2f}, overall IoU "
+            f"{100 * summary['overall_iou']:.2f} ({scores[label]['train_s'] / 60:.1f} min, "
+            f"{scores[label]['params']:,} trainable parameters)"
+        )
+        still_needed = {model_class(m).encode_image for _, m, _ in runs[position + 1 :]}
+        for stale in [k for k in caches if k not in still_needed]:
+            del caches[stale]  # free the memory of features no later run uses
+    return scores
 
 
 def planned_runs(models: list[str], with_ablations: bool) -> list[tuple[str, str, dict]]:

@@ -45,7 +45,7 @@ from refseg.errors import ConfigError
 from refseg.models.base import Batch, ModelOutput, register
 from refseg.models.image_text import ImageTextModel
 from refseg.models.layers import add_coords, conv_block, l2_normalize
-from refseg.models.losses import bce
+from refseg.models.losses import weighted_bce
 from refseg.models.recurrent import ConvGRUCell
 from refseg.models.text import DEFAULT_MAX_LEN
 
@@ -63,6 +63,7 @@ class STEP(ImageTextModel):
     Defaults are sized for CPU training; the paper's widths are ``hidden=1000`` (biLSTM cell),
     ``visual_dim`` = the raw level width, ``attention_dim=400`` (eq. 1 projections),
     ``embed_space_dim=1000`` (eq. 2-3), ``gru_hidden=32``, ``gru_channels=3`` (§3.5) and ``folds`` 1 to 5.
+    ``pos_weight`` > 1 weighs foreground pixels up in the loss, as paper 1 eq. 2 does (the paper: 1).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class STEP(ImageTextModel):
         grid_stride: int = 4,
         max_len: int = DEFAULT_MAX_LEN,
         backbone_last: str = "block",
+        pos_weight: float = 1.0,
         **shared: Any,
     ) -> None:
         if folds < 1:
@@ -104,6 +106,7 @@ class STEP(ImageTextModel):
             gru_channels=gru_channels,
             folds=folds,
             grid_stride=grid_stride,
+            pos_weight=pos_weight,
             **shared,
         )
         strides = self.backbone.strides + [self.backbone.strides[-1]]
@@ -174,8 +177,9 @@ class STEP(ImageTextModel):
         return torch.cat([step_heatmap, heatmap, level_map], dim=1)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
-        """Logistic loss of the final heatmap upsampled to the canvas (eq. 10-11)."""
+        """Logistic loss of the final heatmap upsampled to the canvas (eq. 10-11); foreground pixels
+        weigh ``pos_weight`` (1 in the paper)."""
         if batch.masks is None:
             raise ValueError("this loss needs target masks (Batch.masks is None)")
         logits = F.interpolate(out.logits, size=batch.masks.shape[-2:], mode="bilinear", align_corners=False)
-        return bce(logits, batch.masks, batch.valid)
+        return weighted_bce(logits, batch.masks, batch.valid, pos_weight=self.config["pos_weight"])

@@ -109,3 +109,17 @@ def test_baseline_is_the_sentence_to_image_classifier_over_rmi_features(vocab):
         weight = torch.cat([model.visual_part.weight, model.sentence_part.weight[:, :, None, None]], dim=1)
         want = model.head(torch.relu(F.conv2d(concat, weight, model.visual_part.bias)))
         torch.testing.assert_close(model(batch).logits, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rmi", "rmi_baseline", "step"])
+def test_pos_weight_scales_the_loss_of_missed_foreground(name, vocab):
+    """With every pixel foreground and every logit equal, the loss is pos_weight times the plain one."""
+    losses = {}
+    for weight in (1.0, 3.0):
+        model = create_model(name, vocab=vocab, pretrained=False, hidden=16, pos_weight=weight)
+        batch = text_batch(model, ["the red circle"], size=64)
+        batch.masks = torch.ones(1, 1, 64, 64)
+        out = model.forward(batch)
+        out.logits = torch.full_like(out.logits, -1.0)
+        losses[weight] = float(model.loss(out, batch))
+    assert losses[3.0] == pytest.approx(3 * losses[1.0], rel=1e-5)
