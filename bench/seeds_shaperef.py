@@ -37,7 +37,7 @@ from bench import REPO
 from bench.doc_tables import command_line, write_block
 from refseg.config import from_dict
 from refseg.data.dataset import RefDataset
-from refseg.data.shapes import generate_samples
+from refseg.data.shapes import DEFAULT_KIND_WEIGHTS, generate_samples
 from refseg.engine.checkpoint import load_model
 from refseg.engine.evaluator import evaluate, evaluation_segmenter
 from refseg.engine.feature_cache import FeatureCache
@@ -96,6 +96,8 @@ THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 def run_config(args: argparse.Namespace, model: str, seed: int, out: Path, options: dict | None = None) -> dict:
     data_options = {"size": args.size, "per_scene": args.per_scene}
+    if args.kinds:
+        data_options["kinds"] = args.kinds
     shaperef = {"kind": "shaperef", "n": args.n, "seed": args.data_seed, "options": data_options}
     return {
         "model": {"name": model, "kwargs": {**MODEL_OPTIONS[model], **(options or {})}},
@@ -133,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Training seeds (results averaged).")
     parser.add_argument("--jobs", type=int, default=2, help="Seeds trained at once, one process each.")
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--kinds", nargs="+", choices=sorted(DEFAULT_KIND_WEIGHTS),
+                        help="Only these expression kinds (a diagnosis: can the models learn them alone?).")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "seeds_shaperef")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "results.md",
@@ -152,10 +156,12 @@ def main() -> None:
     if args.smoke:
         args.n, args.per_scene, args.size, args.epochs, args.batch_size, args.seeds = 60, 4, 64, 1, 8, [0, 1]
         args.no_docs, args.out = True, args.out / "smoke"
+    if args.kinds:  # kept apart from the full run's checkpoints
+        args.out = args.out / f"kinds-{'-'.join(sorted(args.kinds))}"
     missing = sorted(set(args.models) - set(list_models()))
     if missing:
         parser.error(f"models not registered: {', '.join(missing)}")
-    generated = generate_samples(args.n, args.data_seed, size=args.size, per_scene=args.per_scene)
+    generated = generate_samples(args.n, args.data_seed, size=args.size, per_scene=args.per_scene, kinds=args.kinds)
     splits = {split: [s for s in generated if s.split == split] for split in ("train", "val", "test")}
     edges = length_edges(splits["test"])
     held_out = held_out_words(splits["test"])
