@@ -91,3 +91,15 @@ def test_smoke_mode_runs_every_model_and_two_seeds_without_touching_the_docs(tmp
     assert all(0.0 <= r["mean_iou"] <= 1.0 and "mean_iou_std" in r for r in written["results"].values())
     assert all(min(THRESHOLDS) <= r["threshold"] <= max(THRESHOLDS) for r in written["results"].values())  # seed mean
     assert (REPO / "docs" / "results.md").read_text() == docs
+
+
+def test_kinds_reach_the_training_data_and_leave_the_full_runs_config_unchanged(tmp_path):
+    from argparse import Namespace
+
+    from bench.seeds_shaperef import run_config
+
+    args = Namespace(size=64, per_scene=4, n=60, data_seed=0, lr=1e-3, epochs=1, batch_size=8, progress=False, kinds=None)
+    full = run_config(args, "lstm_cnn", 0, tmp_path)
+    assert "kinds" not in full["data"]["train"][0]["options"]  # --resume still matches the runs made before --kinds
+    args.kinds = ["attribute"]
+    assert run_config(args, "lstm_cnn", 0, tmp_path)["data"]["train"][0]["options"]["kinds"] == ["attribute"]
