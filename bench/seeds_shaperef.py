@@ -336,7 +336,6 @@ def render(results: dict[str, dict], meta: dict) -> str:
             row.append(pct(r["mean_iou_std"]))
         row += [f"{r['threshold']:.2f}", f"{r['params']:,}", f"{r['train_min']:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
-    buckets = list(next(iter(results.values()))["by_length"])
     # paper 3 compares RMI with its own R+LSTM baseline; without it, with paper 1's LSTM-CNN
     baseline = next((name for name in ("rmi_baseline", "lstm_cnn") if name in results), None)
     lines += breakdown_table(
@@ -346,9 +345,8 @@ def render(results: dict[str, dict], meta: dict) -> str:
         if baseline else "**(b) Overall IoU by expression length (words)** (percent)",
     )
     if "rmi" in results and baseline:
-        gains = [relative_gain(results[baseline], results["rmi"], b) for b in buckets]
-        gains = ["–" if g is None else f"{100 * g:+.1f} %" for g in gains]
-        lines.append(f"| RMI relative gain over {LABELS[baseline]} | " + " | ".join(gains) + " |")
+        shown = [shown_gain(g) for g in rmi_gains(results, baseline)]
+        lines.append(f"| RMI relative gain over {LABELS[baseline]} | " + " | ".join(shown) + " |")
     lines += breakdown_table(results, "by_length", "mean_iou", "Mean IoU by length (same buckets):")
     lines += breakdown_table(
         results, "by_kind", "mean_iou",
@@ -407,13 +405,22 @@ def claims_table(results: dict[str, dict], meta: dict) -> list[str]:
             found = verdict(results[better]["seeds"][metric], results[worse]["seeds"][metric])
             lines.append(f"| {claim} | {paper} | {cell(better, metric)} | {cell(worse, metric)} | {found} |")
     if "rmi" in results and "rmi_baseline" in results:
-        gains = [relative_gain(results["rmi_baseline"], results["rmi"], b) for b in results["rmi"]["by_length"]]
-        shown = ", ".join("–" if g is None else f"{100 * g:+.1f} %" for g in gains)
+        gains = rmi_gains(results, "rmi_baseline")
+        shown = ", ".join(map(shown_gain, gains))
         lines.append(f"| RMI's gain over R+LSTM grows with expression length | paper 3, Tables 2-5 | gains by length "
                      f"bucket, shortest to longest: {shown} | | {length_gain_verdict(gains)} |")
     lines.append("| synthesized expressions help | paper 2, §2.2 | not testable here: every ShapeRef expression is "
                  "synthesized | | – |")
     return lines
+
+
+def rmi_gains(results: dict[str, dict], baseline: str) -> list[float | None]:
+    """RMI's relative overall-IoU gain over ``baseline`` in each length bucket, shortest first."""
+    return [relative_gain(results[baseline], results["rmi"], bucket) for bucket in results["rmi"]["by_length"]]
+
+
+def shown_gain(gain: float | None) -> str:
+    return "–" if gain is None else f"{100 * gain:+.1f} %"
 
 
 def relative_gain(baseline: dict, model: dict, bucket: str) -> float | None:

@@ -17,10 +17,9 @@ from refseg.cli import main
 from refseg.engine.checkpoint import WEIGHTS_DIR
 from refseg.errors import ConfigError
 from refseg.export.instance_onnx import networks
-from refseg.runtime.onnx_networks import GRAPHS
 from refseg.export.onnx import PROBABILITY_TOLERANCE, export_onnx, read_metadata
 from refseg.models.detector import graph_path
-from refseg.runtime.onnx_networks import NetworksRunner
+from refseg.runtime.onnx_networks import GRAPHS, NetworksRunner
 from refseg.samples import SAMPLES
 
 onnx = pytest.importorskip("onnx", reason="extra 'onnx' not installed")

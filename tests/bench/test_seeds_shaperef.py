@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench import REPO
-from bench.seeds_shaperef import ABLATIONS, HELD_OUT_WORDS, MODELS, THRESHOLDS, held_out_words, planned_runs, render, verdict
+from bench.seeds_shaperef import ABLATIONS, HELD_OUT_WORDS, MODELS, THRESHOLDS, held_out_words, length_gain_verdict, planned_runs, render, verdict
 from refseg.data.shapes import generate_samples
 
 META = {"command": "python -m bench.seeds_shaperef", "size": 64, "n_train": 8, "n_test": 2, "data_seed": 0,
@@ -59,6 +59,20 @@ def test_claims_table_compares_the_runs_each_paper_names():
     assert "| RMI beats its R+LSTM baseline | paper 3, Tables 2-5 | RMI: 50.00 (50.00) | R+LSTM: 25.00 (25.00) | agrees |" in claims
     assert "| STEP beats RMI | paper 4, Table 3 | STEP: 40.00 (40.00) | RMI: 50.00 (50.00) | disagrees |" in claims
     assert "high-resolution" not in claims  # LSTM-CNN and its low-res stage were not trained
+
+
+def test_rmi_gain_must_grow_five_points_from_the_shortest_to_the_longest_bucket():
+    assert length_gain_verdict([0.02, 0.0, 0.08]) == "agrees"
+    assert length_gain_verdict([0.095, 0.04, 0.033]) == "disagrees"
+    assert length_gain_verdict([0.02, 0.5, 0.05]) == "inconclusive"  # only 3 points more
+    assert length_gain_verdict([None, 0.1, 0.2]) == "inconclusive"
+
+
+def test_the_length_claim_row_shows_each_buckets_gain_with_its_verdict():
+    results = {"rmi_baseline": _result(0.25), "rmi": _result(0.5)}
+    results["rmi"]["by_length"]["4+"]["overall_iou"] = 0.75  # +200 % on long expressions, +100 % on short
+    claims = markdown_claims(render(results, META))
+    assert "shortest to longest: +100.0 %, +200.0 % | | agrees |" in claims
 
 
 def markdown_claims(markdown: str) -> str:
